@@ -1,0 +1,50 @@
+"""onnxruntime: the reference backend. It runs the float graph for calibration and the QDQ graph
+as the reference every compiled backend is compared against."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+def make_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None,
+                 optimize: bool = True) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `model` that also returns the named intermediate tensors (float32)."""
+    extra = onnx.ModelProto()
+    extra.CopyFrom(model)
+    present = {o.name for o in extra.graph.output}
+    for name in names:
+        if name not in present:
+            extra.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            present.add(name)
+    return extra
+
+
+def batches(feeds: dict[str, np.ndarray], batch_size: int) -> Iterable[dict[str, np.ndarray]]:
+    n = len(next(iter(feeds.values())))
+    for start in range(0, n, batch_size):
+        yield {k: v[start:start + batch_size] for k, v in feeds.items()}
+
+
+def run_all(session: ort.InferenceSession, feeds: dict[str, np.ndarray], batch_size: int = 32,
+            output_names: list[str] | None = None) -> list[np.ndarray]:
+    """Run every sample in `feeds` through the session and concatenate outputs along axis 0."""
+    parts: list[list[np.ndarray]] = []
+    for batch in batches(feeds, batch_size):
+        parts.append(session.run(output_names, batch))
+    return [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(parts[0]))]

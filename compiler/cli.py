@@ -1,0 +1,202 @@
+"""The `qcc` command line: compile, run, inspect.
+
+Every user error ends as one line on stderr and exit code 2 (1 for internal errors), never a
+traceback; set QCC_DEBUG=1 to see the traceback of an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import QccError
+
+DEFAULT_MODEL = "fashion-cnn"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except QccError as exc:
+        print(f"qcc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qcc: interrupted (no artifact written)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal bug: still one line unless debugging
+        if os.environ.get("QCC_DEBUG"):
+            raise
+        print(f"qcc: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(set QCC_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .config import CALIBRATIONS, GRANULARITIES, SCHEMES
+    from .pipeline import TARGETS
+
+    p = argparse.ArgumentParser(prog="qcc", description="Graph-level quantization compiler")
+    sub = p.add_subparsers(dest="command")
+
+    c = sub.add_parser("compile", help="quantize a model and build an artifact folder")
+    c.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help=f"an .onnx file or a model-zoo name (default: {DEFAULT_MODEL}, the bundled Fashion-MNIST CNN)")
+    c.add_argument("--target", default="onnx", choices=TARGETS)
+    c.add_argument("--calib", help="calibration .npz (keys = input names, axis 0 = samples); zoo models bring their own")
+    c.add_argument("--eval", dest="eval_path", help="evaluation .npz: adds FP32-vs-quantized fidelity to the report")
+    c.add_argument("--labels", help=".npy of integer labels for the evaluation set (adds accuracy)")
+    c.add_argument("-o", "--output", required=True, help="artifact folder to create")
+    c.add_argument("--force", action="store_true", help="replace an existing output folder")
+    c.add_argument("--scheme", default="int8", choices=list(SCHEMES))
+    c.add_argument("--granularity", default="per-channel", choices=GRANULARITIES)
+    c.add_argument("--calibration", default="percentile", choices=CALIBRATIONS)
+    c.add_argument("--percentile", type=float, default=99.999)
+    c.add_argument("--power-of-two", action="store_true", help="round scales up to powers of two")
+    c.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OP|/REGEX/",
+                   help="keep these nodes float: node names, op types, or /regex/ on node names")
+    c.add_argument("--override", nargs="+", default=[], metavar="TENSOR=SCHEME",
+                   help="per-tensor scheme (a scheme name or 'float') for an activation or weight")
+    c.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    c.set_defaults(func=_compile)
+
+    r = sub.add_parser("run", help="run an artifact on inputs")
+    r.add_argument("artifact")
+    r.add_argument("--inputs", required=True, help=".npz keyed by input names")
+    r.add_argument("-o", "--output", help="write outputs to this .npz")
+    r.set_defaults(func=_run)
+
+    i = sub.add_parser("inspect", help="per-layer table of an artifact: op, bits, scheme, scale, SQNR")
+    i.add_argument("artifact")
+    i.add_argument("--json", action="store_true", help="print the layer rows as JSON lines")
+    i.set_defaults(func=_inspect)
+    return p
+
+
+def _compile(args) -> int:
+    from .config import QuantConfig
+    from .data import load_npz
+    from .pipeline import compile_model
+
+    overrides = {}
+    for item in args.override:
+        if "=" not in item:
+            raise QccError(f"--override expects TENSOR=SCHEME, got {item!r}")
+        k, v = item.rsplit("=", 1)
+        overrides[k] = v
+    config = QuantConfig(scheme=args.scheme, granularity=args.granularity, calibration=args.calibration,
+                         percentile=args.percentile, power_of_two=args.power_of_two, exclude=list(args.exclude),
+                         overrides=overrides)
+    model, calib, eval_data, labels = _resolve_inputs(args)
+    progress = not args.quiet and sys.stderr.isatty()
+    log = (lambda m: None) if args.quiet else (lambda m: print(f"qcc: {m}", file=sys.stderr))
+    t0 = time.perf_counter()
+    result = compile_model(model, calib, config=config, target=args.target, eval_data=eval_data, labels=labels,
+                           out_dir=args.output, force=args.force, progress=progress, log=log)
+    if not args.quiet:
+        _summary(result.report, result.out_dir, time.perf_counter() - t0)
+    return 0
+
+
+def _resolve_inputs(args):
+    from .data import load_npz
+
+    model = args.model
+    zoo_entry = None
+    if not model.endswith(".onnx") and not Path(model).exists():
+        from qcc import models
+
+        if model not in models.names():
+            raise QccError(f"model {model!r} is neither an existing .onnx file nor a zoo model "
+                           f"({', '.join(models.names())})")
+        zoo_entry = models.get(model)
+        model = str(zoo_entry.onnx_path)
+    if args.calib:
+        calib = load_npz(args.calib, "calibration")
+    elif zoo_entry is not None:
+        calib = zoo_entry.calib
+    else:
+        raise QccError("--calib CALIB.npz is required for a user model (keys = input names, axis 0 = samples)")
+    eval_data, labels = None, None
+    if args.eval_path:
+        eval_data = load_npz(args.eval_path, "evaluation")
+    elif zoo_entry is not None and not args.calib:
+        eval_data, labels = zoo_entry.eval, zoo_entry.labels
+    if args.labels:
+        try:
+            labels = np.load(args.labels, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise QccError(f"cannot read labels {args.labels}: {exc}") from None
+    return model, calib, eval_data, labels
+
+
+def _summary(report: dict, out_dir, seconds: float) -> None:
+    q = report["quantized_nodes"]
+    fl = report["float_nodes"]
+    size = report["size"]
+    print(f"\nqcc: compiled in {seconds:.1f} s -> {out_dir}")
+    print(f"  quantized nodes  {sum(q.values()):5d}   ({', '.join(f'{k} {v}' for k, v in sorted(q.items()))})")
+    print(f"  float nodes      {len(fl):5d}   unsupported ops: {', '.join(report['unsupported_ops']) or 'none'}")
+    if size["ratio"]:
+        print(f"  size             {size['fp32_bytes'] / 1e6:.2f} MB fp32 -> {size['qdq_bytes'] / 1e6:.2f} MB "
+              f"({size['ratio']:.2f}x)")
+    fid = report["fidelity"]
+    for name, m in fid["outputs"].items():
+        parts = [f"{k} {m[k]:.4f}" for k in ("accuracy_fp32", "accuracy_quantized", "agreement",
+                                             "agreement_confident", "kl", "cosine", "sqnr_db") if k in m]
+        print(f"  {name:<16} {', '.join(parts)}   ({fid['data']} set, {fid['samples']} samples)")
+    worst = sorted((r for r in report["layers"] if "sqnr_db" in r), key=lambda r: r["sqnr_db"])[:3]
+    if worst:
+        print("  lowest SQNR      " + ", ".join(f"{r['node']} {r['sqnr_db']:.1f} dB" for r in worst))
+
+
+def _run(args) -> int:
+    from .artifact import load
+    from .data import load_npz
+
+    art = load(args.artifact)
+    outputs = art.run(load_npz(args.inputs, "input"))
+    if args.output:
+        np.savez(args.output, **dict(zip(art.output_names, outputs)))
+    for name, out in zip(art.output_names, outputs):
+        print(json.dumps({"output": name, "shape": list(out.shape), "dtype": str(out.dtype),
+                          "mean": float(np.mean(out)), "argmax_first": int(np.argmax(out[0])) if out.ndim > 1 else None}))
+    return 0
+
+
+def _inspect(args) -> int:
+    from .artifact import load
+
+    art = load(args.artifact)
+    rows = art.report.get("layers", [])
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    cfg = art.manifest["config"]
+    print(f"artifact {art.folder}  target {art.manifest['target']}  scheme {cfg['scheme']}  "
+          f"{cfg['granularity']}  calibration {cfg['calibration']}")
+    print(f"{'node':<40} {'op':<14} {'role':<17} {'weight':<16} {'input':<22} {'SQNR dB':>8}")
+    for r in rows:
+        w = r.get("weight")
+        wtxt = f"{w['dtype']} {'pc' if w['granularity'] == 'per-channel' else 'pt'}" if w else "-"
+        a = r.get("input")
+        atxt = f"{a['dtype']} s={a['scale']:.3g} z={a['zero_point']:g}" if a else "-"
+        print(f"{r['node'][:40]:<40} {r['op']:<14} {r['role']:<17} {wtxt:<16} {atxt:<22} {r.get('sqnr_db', float('nan')):8.2f}")
+    for f in art.report.get("float_nodes", []):
+        print(f"{f['node'][:40]:<40} {f['op']:<14} {'float':<17} {f['reason']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Quantization configuration: schemes, granularity, calibration method, user overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from .errors import QccError
+from .qtypes import QType
+
+# scheme -> (activation type, activation symmetric, weight type)
+SCHEMES: dict[str, tuple[QType, bool, QType]] = {
+    "int8": (QType.UINT8, False, QType.INT8),          # U8 asymmetric activations, S8 symmetric weights
+    "int8-sym": (QType.INT8, True, QType.INT8),        # S8 symmetric everywhere
+    "uint8-sym": (QType.UINT8, True, QType.INT8),      # U8 with zero point 128 (symmetric range)
+    "fp8-e4m3": (QType.FP8_E4M3, True, QType.FP8_E4M3),
+    "fp8-e5m2": (QType.FP8_E5M2, True, QType.FP8_E5M2),
+    "w4a8": (QType.UINT8, False, QType.INT4),
+}
+GRANULARITIES = ("per-channel", "per-tensor")
+CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
+
+
+@dataclass
+class QuantConfig:
+    scheme: str = "int8"
+    granularity: str = "per-channel"
+    calibration: str = "percentile"
+    percentile: float = 99.999
+    power_of_two: bool = False
+    bias_int32: bool = True
+    exclude: list[str] = field(default_factory=list)   # node names, op types, or /regex/ on node names
+    overrides: dict[str, str] = field(default_factory=dict)  # tensor name -> scheme name or "float"
+    calib_batch_size: int | None = None                # None: chosen from the memory budget
+    calib_memory_mb: int = 512                         # bound on activations held for one batch
+    mask_threshold: float = 1e4                        # |values| beyond this mark an additive-mask sentinel
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise QccError(f"unknown scheme {self.scheme!r}; choose from {', '.join(SCHEMES)}")
+        if self.granularity not in GRANULARITIES:
+            raise QccError(f"unknown granularity {self.granularity!r}; choose from {', '.join(GRANULARITIES)}")
+        if self.calibration not in CALIBRATIONS:
+            raise QccError(f"unknown calibration {self.calibration!r}; choose from {', '.join(CALIBRATIONS)}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise QccError(f"percentile must be in (50, 100], got {self.percentile}")
+        for tensor, scheme in self.overrides.items():
+            if scheme != "float" and scheme not in SCHEMES:
+                raise QccError(f"override for {tensor!r}: unknown scheme {scheme!r}")
+        for pattern in self.exclude:
+            if pattern.startswith("/") and pattern.endswith("/") and len(pattern) > 1:
+                try:
+                    re.compile(pattern[1:-1])
+                except re.error as exc:
+                    raise QccError(f"bad --exclude regex {pattern}: {exc}") from None
+
+    @property
+    def activation_type(self) -> QType:
+        return SCHEMES[self.scheme][0]
+
+    @property
+    def activation_symmetric(self) -> bool:
+        return SCHEMES[self.scheme][1]
+
+    @property
+    def weight_type(self) -> QType:
+        return SCHEMES[self.scheme][2]
+
+    @property
+    def per_channel(self) -> bool:
+        return self.granularity == "per-channel"
+
+    def excludes(self, node_name: str, op_type: str) -> bool:
+        for pattern in self.exclude:
+            if pattern.startswith("/") and pattern.endswith("/") and len(pattern) > 1:
+                if re.search(pattern[1:-1], node_name or ""):
+                    return True
+            elif pattern in (node_name, op_type):
+                return True
+        return False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,146 @@
+"""`qcc compile`, start to end:
+
+    load -> canonicalize -> validate data -> plan -> calibrate (float graph, streaming stats)
+    -> re-plan with statistics (masks stay float) -> clipping ranges -> scales / zero points
+    -> emit QDQ -> check -> fidelity + per-layer SQNR report -> artifact folder (atomic)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes import common as ir_passes
+
+from . import __version__
+from .artifact import (MANIFEST, QDQ_MODEL, REPORT, check_output_dir, file_sha256, save_json, save_model,
+                       write_artifact)
+from .calibrate import calibrate
+from .canonicalize import canonicalize
+from .config import SCHEMES, QuantConfig
+from .data import InputSpec, input_specs, validate_feeds
+from .errors import QccError
+from .loader import load_model
+from .plan import QuantPlan, build_plan
+from .qparams import range_to_qparams
+from .ranges import select_range
+from .report import build_report
+
+TARGETS = ("onnx",)
+
+
+@dataclass
+class CompileResult:
+    qdq_model: onnx.ModelProto
+    float_model: onnx.ModelProto
+    plan: QuantPlan
+    report: dict
+    manifest: dict
+    out_dir: Path | None
+
+
+def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConfig | None = None,
+                  target: str = "onnx", eval_data: dict[str, np.ndarray] | None = None,
+                  labels: np.ndarray | None = None, out_dir: str | Path | None = None, force: bool = False,
+                  progress: bool = True, example_inputs: Any = None, log=None) -> CompileResult:
+    config = config or QuantConfig()
+    log = log or (lambda msg: None)
+    if target not in TARGETS:
+        raise QccError(f"unknown target {target!r}; this build supports: {', '.join(TARGETS)}")
+    if out_dir is not None:
+        check_output_dir(Path(out_dir), force)  # fail before any work, not after
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+
+    ir_model = load_model(model, example_inputs)
+    source_hash = file_sha256(Path(model)) if isinstance(model, (str, Path)) else None
+    ir_model, canon = canonicalize(ir_model, min_opset=_min_opset(config))
+    timings["load_canonicalize_s"] = time.perf_counter() - t
+    log(f"canonicalized: opset {canon['opset']}, {canon['nodes']} nodes, {canon['constants_folded']} constants "
+        f"folded, {canon['batchnorms_folded']} BatchNorms folded")
+
+    specs = input_specs(ir_model)
+    calib = validate_feeds(specs, calib, "calibration")
+    if eval_data is not None:
+        eval_data = validate_feeds(specs, eval_data, "evaluation")
+        if labels is not None and len(labels) != len(next(iter(eval_data.values()))):
+            raise QccError(f"labels have {len(labels)} entries but the evaluation set has "
+                           f"{len(next(iter(eval_data.values())))} samples")
+    float_proto = ir.to_proto(ir_model)
+    source_bytes = float_proto.ByteSize()
+
+    t = time.perf_counter()
+    draft = build_plan(ir_model, config)
+    stats = calibrate(float_proto, sorted(draft.roots()), calib, batch_size=config.calib_batch_size,
+                      memory_mb=config.calib_memory_mb, progress=progress)
+    timings["calibrate_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    plan = build_plan(ir_model, config, stats)
+    ranges = assign_qparams(plan, stats, config)
+    from .qdq import emit_qdq
+
+    encodings = emit_qdq(ir_model, plan, config.power_of_two)
+    for name, (lo, hi) in ranges.items():
+        if name in encodings:
+            encodings[name]["range"] = [lo, hi]
+    ir_passes.RemoveUnusedNodesPass()(ir_model)
+    qdq_proto = ir.to_proto(ir_model)
+    try:
+        onnx.checker.check_model(qdq_proto)
+    except onnx.checker.ValidationError as exc:
+        raise QccError(f"internal error: emitted QDQ model is invalid: {str(exc).splitlines()[0]}") from None
+    timings["quantize_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    report = build_report(float_proto, qdq_proto, plan, encodings, calib, eval_data, labels, progress=progress)
+    timings["report_s"] = time.perf_counter() - t
+    qdq_bytes = qdq_proto.ByteSize()
+    report.update({
+        "canonicalize": canon,
+        "timings": timings,
+        "size": {"fp32_bytes": source_bytes, "qdq_bytes": qdq_bytes,
+                 "ratio": qdq_bytes / source_bytes if source_bytes else None},
+    })
+    manifest = {
+        "format": 1, "qcc_version": __version__, "target": target, "config": config.to_dict(),
+        "inputs": [vars(s) for s in specs],
+        "outputs": [{"name": o.name} for o in ir_model.graph.outputs],
+        "source": {"path": str(model) if isinstance(model, (str, Path)) else None, "sha256": source_hash},
+        "encodings": encodings,
+        "files": {"qdq_model": QDQ_MODEL, "report": REPORT},
+    }
+    if out_dir is not None:
+        def writer(folder: Path) -> None:
+            save_model(qdq_proto, folder / QDQ_MODEL)
+            manifest["hashes"] = {QDQ_MODEL: file_sha256(folder / QDQ_MODEL)}
+            save_json(folder / REPORT, report)
+            save_json(folder / MANIFEST, manifest)
+
+        out_dir = write_artifact(Path(out_dir), force, writer)
+    return CompileResult(qdq_proto, float_proto, plan, report, manifest, Path(out_dir) if out_dir else None)
+
+
+def assign_qparams(plan: QuantPlan, stats, config: QuantConfig) -> dict[str, tuple[float, float]]:
+    """Clipping range -> (scale, zero point) for every quantized activation (shared groups use their root)."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, spec in plan.activations.items():
+        st = stats.get(spec.root)
+        if st is None or st.count == 0:
+            raise QccError(f"no calibration statistics for tensor {spec.root!r} (it was never computed)")
+        if spec.root not in ranges:
+            ranges[spec.root] = select_range(st, config.calibration, spec.qtype, spec.symmetric, config.percentile)
+        lo, hi = ranges[spec.root]
+        spec.scale, spec.zero_point = range_to_qparams(lo, hi, spec.qtype, spec.symmetric, config.power_of_two)
+        ranges[name] = (lo, hi)
+    return ranges
+
+
+def _min_opset(config: QuantConfig) -> int:
+    schemes = [config.scheme] + [s for s in config.overrides.values() if s != "float"]
+    return max(max(SCHEMES[s][0].min_opset, SCHEMES[s][2].min_opset) for s in schemes)
