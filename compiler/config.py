@@ -20,13 +20,14 @@ SCHEMES: dict[str, tuple[QType, bool, QType]] = {
 }
 GRANULARITIES = ("per-channel", "per-tensor")
 CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
+PASSES = ("bias-correction",)
 
 
 @dataclass
 class QuantConfig:
     scheme: str = "int8"
     granularity: str = "per-channel"
-    calibration: str = "percentile"
+    calibration: str = "mse"
     percentile: float = 99.999
     power_of_two: bool = False
     bias_int32: bool = True
@@ -35,6 +36,7 @@ class QuantConfig:
     calib_batch_size: int | None = None                # None: chosen from the memory budget
     calib_memory_mb: int = 512                         # bound on activations held for one batch
     mask_threshold: float = 1e4                        # |values| beyond this mark an additive-mask sentinel
+    passes: list[str] = field(default_factory=lambda: ["bias-correction"])
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -45,6 +47,9 @@ class QuantConfig:
             raise QccError(f"unknown calibration {self.calibration!r}; choose from {', '.join(CALIBRATIONS)}")
         if not 50.0 < self.percentile <= 100.0:
             raise QccError(f"percentile must be in (50, 100], got {self.percentile}")
+        for name in self.passes:
+            if name not in PASSES:
+                raise QccError(f"unknown pass {name!r}; choose from {', '.join(PASSES)}")
         for tensor, scheme in self.overrides.items():
             if scheme != "float" and scheme not in SCHEMES:
                 raise QccError(f"override for {tensor!r}: unknown scheme {scheme!r}")

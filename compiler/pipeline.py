@@ -28,6 +28,8 @@ from .errors import QccError
 from .loader import load_model
 from .plan import QuantPlan, build_plan
 from .qparams import range_to_qparams
+from .passes.bias_correction import apply_shift, bias_site, measure_shift
+from .qdq import emit_qdq
 from .ranges import select_range
 from .report import build_report
 
@@ -81,15 +83,11 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
     timings["calibrate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    plan = build_plan(ir_model, config, stats)
-    ranges = assign_qparams(plan, stats, config)
-    from .qdq import emit_qdq
-
-    encodings = emit_qdq(ir_model, plan, config.power_of_two)
-    for name, (lo, hi) in ranges.items():
-        if name in encodings:
-            encodings[name]["range"] = [lo, hi]
-    ir_passes.RemoveUnusedNodesPass()(ir_model)
+    ir_model, plan, encodings = quantize(float_proto, config, stats)
+    if "bias-correction" in config.passes:
+        ir_model, plan, encodings, corrected = _bias_correction(float_proto, ir_model, plan, encodings, config,
+                                                                stats, calib)
+        log(f"bias correction: {corrected} layers")
     qdq_proto = ir.to_proto(ir_model)
     try:
         onnx.checker.check_model(qdq_proto)
@@ -124,6 +122,37 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
 
         out_dir = write_artifact(Path(out_dir), force, writer)
     return CompileResult(qdq_proto, float_proto, plan, report, manifest, Path(out_dir) if out_dir else None)
+
+
+def quantize(float_proto: onnx.ModelProto, config: QuantConfig, stats,
+             bias_shift: dict[str, np.ndarray] | None = None) -> tuple[ir.Model, QuantPlan, dict]:
+    """A fresh copy of the float graph -> (bias shift applied) -> plan -> qparams -> QDQ graph."""
+    model = ir.serde.deserialize_model(float_proto)
+    if bias_shift:
+        apply_shift(model, build_plan(model, config, stats).roles, bias_shift)
+    plan = build_plan(model, config, stats)
+    ranges = assign_qparams(plan, stats, config)
+    encodings = emit_qdq(model, plan, config.power_of_two)
+    for name, (lo, hi) in ranges.items():
+        if name in encodings:
+            encodings[name]["range"] = [lo, hi]
+    ir_passes.RemoveUnusedNodesPass()(model)
+    return model, plan, encodings
+
+
+def _bias_correction(float_proto, ir_model, plan, encodings, config, stats, calib):
+    """Measure each quantized linear layer's local per-channel mean output error and fold it into
+    its bias (passes/bias_correction.py), then quantize again with the corrected biases."""
+    sites = {}
+    for node in ir_model.graph:
+        site = bias_site(node, plan.roles)
+        if site is not None:
+            sites[site[1]] = site[2]
+    if not sites:
+        return ir_model, plan, encodings, 0
+    shift = measure_shift(float_proto, ir.to_proto(ir_model), sites, calib)
+    ir_model, plan, encodings = quantize(float_proto, config, stats, shift)
+    return ir_model, plan, encodings, len(shift)
 
 
 def assign_qparams(plan: QuantPlan, stats, config: QuantConfig) -> dict[str, tuple[float, float]]:

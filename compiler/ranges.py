@@ -80,12 +80,14 @@ def _entropy_threshold(stats: TensorStats, qtype: QType, nonnegative: bool) -> f
     best_kl, best_i = np.inf, last
     step = max(1, (last - levels) // 256)  # <= 256 candidates keeps this O(bins * 256)
     for i in range(levels, last + 1, step):
+        # Bin 0 holds the exact zeros (ReLU outputs, padding); zero is exactly representable, so it
+        # is its own level and never smeared into its neighbours.
         p = hist[:i].astype(np.float64).copy()
         p[i - 1] += hist[i:].sum()
         src = hist[:i].astype(np.float64)
         q = np.zeros(i)
-        chunks = np.array_split(np.arange(i), levels)
-        for idx in chunks:
+        q[0] = src[0]
+        for idx in np.array_split(np.arange(1, i), levels - 1):
             nz = src[idx] > 0
             if nz.any():
                 q[idx[nz]] = src[idx].sum() / nz.sum()

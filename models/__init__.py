@@ -6,7 +6,31 @@
 are imported inside the functions that export models.
 """
 
-from .fashion_cnn import bundled_calib_path, bundled_model_path
-from .zoo import ZooEntry, get, names
+from __future__ import annotations
 
-__all__ = ["ZooEntry", "bundled_calib_path", "bundled_model_path", "get", "names"]
+import importlib
+
+# name -> submodule that defines it.  Resolved on first access (PEP 562) so that importing the
+# package stays cheap and ``python -m qcc.models.fashion_cnn`` does not find its own module
+# already imported by the package.
+_EXPORTS = {
+    "ZooEntry": "zoo",
+    "get": "zoo",
+    "names": "zoo",
+    "bundled_model_path": "fashion_cnn",
+    "bundled_calib_path": "fashion_cnn",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # cache: later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))

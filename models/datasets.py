@@ -24,7 +24,7 @@ SENTENCES_PATH = Path(__file__).resolve().parent / "data" / "sentences.txt"
 
 # skimage.data photos that ship with the wheel (no pooch download needed).  Grayscale ones are
 # replicated to 3 channels.  ``cat`` is the same picture as ``chelsea`` so it is not listed twice.
-_PHOTO_NAMES = (
+PHOTO_NAMES = (
     "astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field",
     "retina", "stereo_motorcycle", "camera", "coins", "clock", "moon", "brick", "grass", "gravel",
 )
@@ -69,7 +69,8 @@ def load_fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     if missing:
         raise FileNotFoundError(
             f"Fashion-MNIST files not found: {', '.join(missing)}. "
-            "Install the Debian package 'dataset-fashion-mnist' (apt-get install dataset-fashion-mnist)."
+            "Install the Debian package 'dataset-fashion-mnist' "
+            "(apt-get install dataset-fashion-mnist)."
         )
     images = _read_idx(img_path).astype(np.float32) / 255.0
     images = (images - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
@@ -105,7 +106,7 @@ def _load_photo(name: str) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def _photos(names: tuple[str, ...] = _PHOTO_NAMES) -> list[np.ndarray]:
+def _photos(names: tuple[str, ...] = PHOTO_NAMES) -> list[np.ndarray]:
     photos = [im for name in names for im in _load_photo(name)]
     if not photos:
         raise RuntimeError(f"none of the skimage.data samples {names} could be loaded")
@@ -113,14 +114,15 @@ def _photos(names: tuple[str, ...] = _PHOTO_NAMES) -> list[np.ndarray]:
 
 
 def random_photo_crops(n: int, height: int, width: int, seed: int = 0,
-                       names: tuple[str, ...] = _PHOTO_NAMES, hflip: bool = True,
+                       names: tuple[str, ...] = PHOTO_NAMES, hflip: bool = True,
                        scale: tuple[float, float] = (0.25, 1.0)) -> np.ndarray:
     """Random ``[n, height, width, 3]`` float32 crops in [0, 1] from skimage sample photos.
 
     Each crop takes a random photo out of ``names``, a side (geometric mean of crop height and
-    width) of ``scale`` = 0.25-1.0 times the photo's short side, an aspect ratio jittered around the target's (x0.75-1.33), a random position and
-    (if ``hflip``; turn it off for text, which must not be mirrored) a random horizontal flip,
-    then is resized with anti-aliasing.  Deterministic for a given seed.
+    width) of ``scale`` (default 0.25-1.0) times the photo's short side, an aspect ratio
+    jittered around the target's (x0.75-1.33), a random position and (if ``hflip``; turn it
+    off for text, which must not be mirrored) a random horizontal flip, then is resized with
+    anti-aliasing.  Deterministic for a given seed.
     """
     from skimage.transform import resize
 

@@ -10,6 +10,7 @@ each Softmax.  That huge constant is exactly what a quantizer must leave in floa
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,14 @@ def export_minilm(path: str | Path, seq_len: int = 128, num_layers: int | None =
     mask[1, seq_len // 2:] = 0
     types = torch.zeros((2, seq_len), dtype=torch.int64)
     dyn = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Known-benign warnings: the legacy exporter is chosen on purpose; transformers' mask
+        # code branches on the (fixed) sequence length, which the trace may treat as constant;
+        # its index ops use non-negative indices only.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*Converting a tensor to a Python boolean.*")
+        warnings.filterwarnings("ignore", message=".*aten::index operator of advanced indexing.*")
         torch.onnx.export(
             wrapper, (ids, mask, types), str(path), dynamo=False, opset_version=17,
             input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME], dynamic_axes=dyn,

@@ -8,6 +8,7 @@ state_dict loads with ``strict=True``.  The weights come from the installed
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
@@ -39,7 +40,8 @@ def build_mobilenet_v2(num_classes: int = 1000):
     from torch import nn
 
     def conv_bn_relu6(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1):
-        return nn.Sequential(nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+        pad = (k - 1) // 2
+        return nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad, groups=groups, bias=False),
                              nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
 
     class InvertedResidual(nn.Module):
@@ -98,9 +100,13 @@ def export_mobilenet_v2(path: str | Path, opset: int = 17) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = load_mobilenet_v2()
-    torch.onnx.export(
-        model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=opset,
-        input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
+    with warnings.catch_warnings():
+        # The legacy exporter is requested on purpose; silence its deprecation notice.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        torch.onnx.export(
+            model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=opset,
+            input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import IMAGENET_MEAN, IMAGENET_STD, TEXT_PHOTO_NAMES, _PHOTO_NAMES, random_photo_crops
+from .datasets import IMAGENET_MEAN, IMAGENET_STD, PHOTO_NAMES, TEXT_PHOTO_NAMES, random_photo_crops
 
 PPOCR_FILES = {
     "cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx",
@@ -89,7 +89,7 @@ def ppocr_inputs(name: str, n: int, seed: int = 0,
         n_text = n // 2
         crops = np.concatenate([
             random_photo_crops(n_text, h, w, seed, names=TEXT_PHOTO_NAMES, hflip=False),
-            random_photo_crops(n - n_text, h, w, seed, names=_PHOTO_NAMES),
+            random_photo_crops(n - n_text, h, w, seed, names=PHOTO_NAMES),
         ])
         crops = crops[rng.permutation(n)]  # mix, so any prefix has both kinds
         x = (crops - IMAGENET_MEAN) / IMAGENET_STD

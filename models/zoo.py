@@ -59,6 +59,7 @@ def _cached_export(name: str, cache_dir: Path | None, export: Callable[[Path], o
     os.close(fd)
     try:
         export(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache may be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
