@@ -73,7 +73,14 @@ def shadow_model(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto,
         model.graph.node.append(new)
         return new
 
+    copied: dict[str, str] = {}
+
     def shadow_input(name: str) -> str:
+        if name not in copied:
+            copied[name] = _shadow_input(name)
+        return copied[name]
+
+    def _shadow_input(name: str) -> str:
         dq = producer.get(name)
         if dq is None or dq.op_type != "DequantizeLinear":
             return name
