@@ -19,8 +19,21 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None
     opts.log_severity_level = 3
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    # onnxruntime 1.32's ClipQuantRewrite reads a Q node's zero point as an integer and aborts on
+    # FP8 zero points; the fusion is only an optimization, so FP8 graphs run without it.
+    disabled = ["ClipQuantRewrite"] if _has_float8(model) else None
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled)
+
+
+_FLOAT8 = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E4M3FNUZ,
+           onnx.TensorProto.FLOAT8E5M2FNUZ}
+
+
+def _has_float8(model: onnx.ModelProto) -> bool:
+    return any(t.data_type in _FLOAT8 for t in model.graph.initializer)
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:

@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--granularity", default="per-channel", choices=GRANULARITIES)
     c.add_argument("--calibration", default="percentile", choices=CALIBRATIONS)
     c.add_argument("--percentile", type=float, default=99.999)
+    c.add_argument("--passes", default="bias-correction",
+                   help="comma-separated graph passes to run ('none' for none); default: bias-correction")
     c.add_argument("--power-of-two", action="store_true", help="round scales up to powers of two")
     c.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OP|/REGEX/",
                    help="keep these nodes float: node names, op types, or /regex/ on node names")
@@ -96,7 +98,8 @@ def _compile(args) -> int:
         overrides[k] = v
     config = QuantConfig(scheme=args.scheme, granularity=args.granularity, calibration=args.calibration,
                          percentile=args.percentile, power_of_two=args.power_of_two, exclude=list(args.exclude),
-                         overrides=overrides)
+                         overrides=overrides,
+                         passes=[p for p in args.passes.split(",") if p and p != "none"])
     model, calib, eval_data, labels = _resolve_inputs(args)
     progress = not args.quiet and sys.stderr.isatty()
     log = (lambda m: None) if args.quiet else (lambda m: print(f"qcc: {m}", file=sys.stderr))

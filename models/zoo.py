@@ -37,7 +37,7 @@ class ZooEntry:
     name: str
     onnx_path: Path
     calib: dict[str, np.ndarray]
-    eval: dict[str, np.ndarray]
+    eval: dict[str, np.ndarray] | None
     labels: np.ndarray | None
 
 
@@ -74,7 +74,12 @@ def _cached_export(name: str, cache_dir: Path | None, export: Callable[[Path], o
 def _fashion_cnn(cache_dir: Path | None, n_calib: int, n_eval: int) -> ZooEntry:
     with np.load(bundled_calib_path()) as z:
         calib = z["input"][:n_calib]
-    x_test, y_test = datasets.load_fashion_mnist("test")
+    try:
+        x_test, y_test = datasets.load_fashion_mnist("test")
+    except FileNotFoundError:
+        # The bundled model and calibration set still compile; without the Debian test set the
+        # report measures fidelity on the calibration images instead of labelled accuracy.
+        return ZooEntry("fashion-cnn", bundled_model_path(), {"input": calib}, None, None)
     return ZooEntry("fashion-cnn", bundled_model_path(), {"input": calib},
                     {"input": x_test[:n_eval]}, y_test[:n_eval])
 
