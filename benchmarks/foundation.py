@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -50,9 +51,10 @@ def ort_quantize(model_path: Path, calib: dict, method: str, per_channel: bool =
             return next(self.it, None)
 
     out = Path(tempfile.mkdtemp()) / f"ort_{method}.onnx"
-    quantize_static(str(model_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, method))
+    with contextlib.redirect_stdout(sys.stderr):  # its progress prints would break the JSON lines
+            quantize_static(str(model_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method))
     return out
 
 

@@ -49,12 +49,12 @@ def build_report(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan:
 
 def _layers(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan: QuantPlan,
             encodings: dict[str, dict], data: dict[str, np.ndarray]) -> list[dict]:
-    nodes = {n.name: n for n in float_model.graph.node}
     rows, tensors = [], []
-    for name, role in plan.roles.items():
-        node = nodes.get(name)
-        if node is None or not node.output:
+    for node in float_model.graph.node:  # graph order, so the table reads input to output
+        role = plan.roles.get(node.name)
+        if role is None or not node.output:
             continue
+        name = node.name
         out = node.output[0]
         row = {"node": name, "op": node.op_type, "role": role, "output": out}
         act = next((encodings[i] for i in node.input if i in encodings and encodings[i]["kind"] == "activation"), None)
