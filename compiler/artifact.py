@@ -41,6 +41,9 @@ def write_artifact(out: Path, force: bool, writer: Callable[[Path], None]) -> Pa
     check_output_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the artifact follows the umask like mkdir
     try:
         writer(tmp)
         if out.exists():

@@ -42,12 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line like every other qcc error."""
+
+    def error(self, message: str):
+        self.exit(2, f"qcc: error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .config import CALIBRATIONS, GRANULARITIES, SCHEMES
     from .pipeline import TARGETS
 
-    p = argparse.ArgumentParser(prog="qcc", description="Graph-level quantization compiler")
-    sub = p.add_subparsers(dest="command")
+    p = _Parser(prog="qcc", description="Graph-level quantization compiler")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     c = sub.add_parser("compile", help="quantize a model and build an artifact folder")
     c.add_argument("model", nargs="?", default=DEFAULT_MODEL,

@@ -24,7 +24,7 @@ def select_range(stats: TensorStats, method: str, qtype: QType, symmetric: bool,
     elif method == "percentile":
         lo, hi = _percentile(stats, percentile, symmetric, lo, hi)
     elif method == "entropy":
-        lo, hi = _scale_to(lo, hi, _entropy_threshold(stats, qtype, nonnegative=lo >= 0))
+        lo, hi = _entropy_range(stats, qtype, symmetric, lo, hi)
     elif method == "mse":
         lo, hi = _mse(stats, qtype, symmetric, lo, hi)
     else:
@@ -66,35 +66,65 @@ def _percentile(stats: TensorStats, p: float, symmetric: bool, lo: float, hi: fl
     return max(lo, min(new_lo, 0.0)), min(hi, max(new_hi, 0.0))
 
 
-def _entropy_threshold(stats: TensorStats, qtype: QType, nonnegative: bool) -> float:
-    """TensorRT's KL calibration on the |x| histogram: the threshold whose quantized distribution
-    Q (levels bins merged and expanded back) is closest to the clipped reference P."""
-    hist, width = stats.abs_histogram()
-    levels = 256 if (nonnegative and qtype == QType.UINT8) else 128
+def _entropy_range(stats: TensorStats, qtype: QType, symmetric: bool, lo: float, hi: float) -> tuple[float, float]:
+    """KL calibration per side: a symmetric type clips |x| once; an asymmetric one clips the positive
+    and the negative tail separately (a lopsided tensor keeps its long side)."""
+    half = HIST_BINS // 2
+    width = stats.hist_range / half
+    pos, neg = stats.hist[half:], stats.hist[:half][::-1]
     if qtype.is_float or qtype == QType.INT4:
         levels = 16 if qtype == QType.INT4 else 128
-    nbins = hist.size
-    last = int(np.nonzero(hist)[0][-1]) + 1 if hist.any() else nbins
+    else:
+        levels = 128 if (symmetric or (lo < 0 < hi)) else 256
+    if symmetric:
+        t = _kl_threshold(pos + neg, levels) * width
+        return max(lo, -t), min(hi, t)
+    new_hi = min(hi, _kl_threshold(pos, levels) * width) if hi > 0 else hi
+    new_lo = max(lo, -_kl_threshold(neg, levels) * width) if lo < 0 else lo
+    return new_lo, new_hi
+
+
+def _kl_threshold(hist: np.ndarray, levels: int) -> int:
+    """TensorRT's entropy calibration on a one-sided histogram: the number of bins i whose clipped
+    reference P (outliers piled into bin i-1) is closest in KL to its `levels`-level quantization Q.
+    Bin 0 (exact zeros: ReLU outputs, padding) is its own level, never smeared into neighbours; P and
+    Q are smoothed so empty bins don't make every candidate infinite."""
+    nz = np.nonzero(hist)[0]
+    if nz.size == 0:
+        return 1
+    last = int(nz[-1]) + 1
     if last <= levels:
-        return last * width
+        return last
+    hist = hist.astype(np.float64)
+    tail = np.cumsum(hist[::-1])[::-1]  # tail[i] = sum(hist[i:])
     best_kl, best_i = np.inf, last
     step = max(1, (last - levels) // 256)  # <= 256 candidates keeps this O(bins * 256)
     for i in range(levels, last + 1, step):
-        # Bin 0 holds the exact zeros (ReLU outputs, padding); zero is exactly representable, so it
-        # is its own level and never smeared into its neighbours.
-        p = hist[:i].astype(np.float64).copy()
-        p[i - 1] += hist[i:].sum()
-        src = hist[:i].astype(np.float64)
-        q = np.zeros(i)
-        q[0] = src[0]
-        for idx in np.array_split(np.arange(1, i), levels - 1):
-            nz = src[idx] > 0
-            if nz.any():
-                q[idx[nz]] = src[idx].sum() / nz.sum()
-        kl = _kl(p, q)
+        p = hist[:i].copy()
+        if i < hist.size:
+            p[i - 1] += tail[i]
+        # levels-1 contiguous chunks of bins 1..i-1; each chunk's mass spread over its non-empty bins
+        bounds = 1 + (np.arange(levels) * (i - 1)) // (levels - 1)
+        body = hist[1:i]
+        filled = body > 0
+        sums = np.add.reduceat(body, bounds[:-1] - 1)
+        counts = np.add.reduceat(filled.astype(np.float64), bounds[:-1] - 1)
+        q = np.empty(i)
+        q[0] = hist[0]
+        q[1:] = np.repeat(sums / np.maximum(counts, 1), np.diff(bounds)) * filled
+        kl = _kl(_smooth(p), _smooth(q))
         if kl < best_kl:
             best_kl, best_i = kl, i
-    return best_i * width
+    return best_i
+
+
+def _smooth(p: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    p = p / max(p.sum(), 1e-30)
+    zero = p == 0
+    n_zero, n_nonzero = int(zero.sum()), int(p.size - zero.sum())
+    if n_zero == 0 or n_nonzero == 0:
+        return p
+    return np.maximum(p + eps * zero - (eps * n_zero / n_nonzero) * ~zero, 1e-12)
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:

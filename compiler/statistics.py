@@ -38,21 +38,24 @@ class TensorStats:
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float32)
+        if x.size == 0:
+            return
         finite = np.isfinite(x)
         if not finite.all():
-            # -inf / inf sentinels (attention masks) are counted, not folded into the range
+            # -inf / inf sentinels (attention masks) are counted and mark the range, but the
+            # histogram and channel statistics see only the finite values
             self.nonfinite += int(x.size - finite.sum())
-            self.min = min(self.min, float(np.min(np.where(finite, x, np.inf)))) if finite.any() else self.min
-            self.max = max(self.max, float(np.max(np.where(finite, x, -np.inf)))) if finite.any() else self.max
-            self.min = -np.inf if np.isneginf(x).any() else self.min
-            self.max = np.inf if np.isposinf(x).any() else self.max
-            x = x[finite]
-            if x.size == 0:
-                return
-            self._histogram(x)
-            self.count += x.size
-            return
-        if x.size == 0:
+            if np.isneginf(x).any():
+                self.min = -np.inf
+            if np.isposinf(x).any():
+                self.max = np.inf
+            x_finite = x[finite]
+            if x_finite.size:
+                self.min = min(self.min, float(x_finite.min()))
+                self.max = max(self.max, float(x_finite.max()))
+                self.count += x_finite.size
+                self._histogram(x_finite)
+            self._channels(np.where(finite, x, 0.0))
             return
         self.min = min(self.min, float(x.min()))
         self.max = max(self.max, float(x.max()))

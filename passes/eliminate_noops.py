@@ -18,7 +18,8 @@ def eliminate_noops(model: ir.Model) -> int:
     for node in list(graph):
         if node.op_type not in ("Identity", "Dropout") or node.domain not in ("", "ai.onnx"):
             continue
-        if node.op_type == "Dropout" and len(node.outputs) > 1 and node.outputs[1].uses():
+        if node.op_type == "Dropout" and len(node.outputs) > 1 and (
+                node.outputs[1].uses() or node.outputs[1].is_graph_output()):
             continue
         src, out = node.inputs[0], node.outputs[0]
         if out.is_graph_output():
@@ -29,6 +30,8 @@ def eliminate_noops(model: ir.Model) -> int:
             out.replace_all_uses_with(src, replace_graph_outputs=True)
             out.name = None
             src.name = name
+            src.type = src.type or out.type
+            src.shape = src.shape or out.shape
         else:
             out.replace_all_uses_with(src)
         graph.remove(node, safe=True)

@@ -62,6 +62,7 @@ def fold_batchnorm(model: ir.Model) -> int:
         out.replace_all_uses_with(new_conv.outputs[0], replace_graph_outputs=True)
         graph.remove([bn, conv], safe=True)
         new_conv.outputs[0].name = name
+        new_conv.outputs[0].type, new_conv.outputs[0].shape = out.type, out.shape
         folded += 1
     return folded
 

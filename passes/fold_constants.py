@@ -76,7 +76,8 @@ def _constant_node_value(node: ir.Node):
 
 def _static_shape(node: ir.Node):
     shape = node.inputs[0].shape
-    if shape is None or not all(isinstance(d, int) for d in shape):
+    # paddle2onnx writes dynamic dims as -1: only non-negative ints are static sizes
+    if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
         return None
     dims = np.array(list(shape), dtype=np.int64)
     start = node.attributes.get_int("start", 0)
