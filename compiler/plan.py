@@ -290,12 +290,14 @@ def _mask_sentinels(model: ir.Model, plan: QuantPlan, stats: dict[str, TensorSta
                     config: QuantConfig) -> dict[str, str]:
     """Nodes reading a tensor whose range marks it as a sentinel-carrying mask must stay float."""
     bad: dict[str, str] = {}
+    values = {v.name: v for v in model.graph.inputs}
+    values.update({o.name: o for node in model.graph for o in node.outputs})
     for name, spec in plan.activations.items():
         st = stats.get(spec.root)
         if st is None:
             continue
         if st.nonfinite or st.absmax >= config.mask_threshold:
-            value = _find_value(model, name)
+            value = values.get(name)
             why = (f"input {name} spans [{st.min:.3g}, {st.max:.3g}] (additive-mask sentinel): "
                    "integer code can't represent it")
             for use in value.uses() if value is not None else []:
@@ -305,14 +307,3 @@ def _mask_sentinels(model: ir.Model, plan: QuantPlan, stats: dict[str, TensorSta
             if producer is not None and plan.roles.get(producer.name) in ("elementwise", "pool", "shared"):
                 bad[producer.name] = why
     return bad
-
-
-def _find_value(model: ir.Model, name: str) -> ir.Value | None:
-    for v in model.graph.inputs:
-        if v.name == name:
-            return v
-    for node in model.graph:
-        for o in node.outputs:
-            if o.name == name:
-                return o
-    return None

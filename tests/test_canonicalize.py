@@ -196,9 +196,6 @@ def test_fold_constants_keeps_shape_of_dynamic_tensors():
         _assert_same_function(model, after, {"x": x})
 
 
-@pytest.mark.xfail(strict=True, reason="passes/fold_constants.py _static_shape (line 79) takes a negative "
-                   "dim_value (-1, how Paddle2ONNX marks a dynamic dim, e.g. the PP-OCR inputs) for a "
-                   "static size and folds Shape() to -1")
 def test_fold_constants_negative_dim_value_is_dynamic():
     # x's batch dim is written as dim_value -1 (paddle2onnx style); y = x * batch_size
     x_vi = oh.make_tensor_value_info("x", TP.FLOAT, [-1, 4])
@@ -264,8 +261,6 @@ def test_eliminate_noops_keeps_what_it_must():
     _assert_same_function(model, after, {"x": rng.standard_normal((3, 4)).astype(np.float32)}, tol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="passes/eliminate_noops.py line 21 only checks mask.uses(); a Dropout "
-                   "whose mask is a graph output is removed with safe=True and raises ValueError")
 def test_eliminate_noops_dropout_mask_as_graph_output():
     nodes = [oh.make_node("Relu", ["x"], ["r"]), oh.make_node("Dropout", ["r"], ["d", "mask"])]
     model = make_model(nodes, [("x", [2, 3])], [("d", None), ("mask", None, TP.BOOL)], opset=13)
@@ -274,10 +269,6 @@ def test_eliminate_noops_dropout_mask_as_graph_output():
     _assert_same_function(model, _to_proto(m), {"x": np.ones((2, 3), np.float32)}, tol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="passes/eliminate_noops.py (line ~31) and passes/fold_batchnorm.py "
-                   "(line ~61) hand a graph output to a value without copying its type/shape; the model is "
-                   "invalid ONNX until shape inference runs again (canonicalize() hides this, but its "
-                   "_infer_shapes swallows failures)")
 @pytest.mark.parametrize("which", ["eliminate_noops", "fold_batchnorm"])
 def test_passes_keep_graph_output_types(which):
     rng = np.random.default_rng(0)

@@ -216,3 +216,18 @@ def test_output_path_is_a_file(tmp_path, fashion):
     with pytest.raises(QccError, match="file"):
         compile_quiet(str(path), calib, out_dir=f, force=True)
     assert f.read_text() == "x"
+
+
+def test_external_data(tmp_path, fashion):
+    path, calib = fashion
+    model = onnx.load(str(path))
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    onnx.save(model, str(ext / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.weights", size_threshold=0)
+    assert (ext / "model.weights").is_file()
+    res = compile_quiet(str(ext / "model.onnx"), calib)  # loads its weights from the side file
+    assert res.report["fidelity"]["outputs"]["logits"]["agreement"] >= 0.85
+    (ext / "model.weights").unlink()
+    msg = _expect_error(tmp_path, str(ext / "model.onnx"), calib, "external data")
+    assert "model.weights" in msg

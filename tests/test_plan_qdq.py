@@ -439,3 +439,69 @@ def test_fp8_schemes_emit_float8_types(scheme, onnx_type, mant):
     assert err.max() > 0
     assert np.allclose(got.mean(0), ref.mean(0), atol=0.5)
     del b
+
+
+@pytest.mark.xfail(strict=True, reason="qparams.py weight_scales (line 53) gives an all-zero weight channel the "
+                   "scale 1e-12, so qdq.py (line 50) quantizes that channel's bias with s_x * 1e-12: b/s saturates "
+                   "int32 and the bias (e.g. beta of a pruned BN channel) is lost")
+@pytest.mark.parametrize("kind", ["Conv", "MatMul"])
+def test_dead_weight_channel_keeps_its_bias(kind):
+    rng = np.random.default_rng(9)
+    if kind == "Conv":
+        w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+        w[2] = 0.0
+        b = np.array([0.1, -0.2, 0.7, 0.3], np.float32)
+        model = make_model([oh.make_node("Conv", ["x", "W", "B"], ["y"], pads=[1, 1, 1, 1], name="conv")],
+                           [("x", ["N", 3, 5, 5])], [("y", ["N", 4, 5, 5])], {"W": w, "B": b})
+        x = rng.standard_normal((16, 3, 5, 5)).astype(np.float32)
+    else:
+        w = rng.standard_normal((8, 4)).astype(np.float32)
+        w[:, 2] = 0.0
+        b = np.array([0.1, -0.2, 0.7, 0.3], np.float32)
+        model = make_model([oh.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+                            oh.make_node("Add", ["h", "B"], ["y"], name="bias")],
+                           [("x", ["N", 8])], [("y", ["N", 4])], {"W": w, "B": b})
+        x = rng.standard_normal((16, 8)).astype(np.float32)
+    res = compile_quiet(model, {"x": x})
+    (ref,), (got,) = run(model, {"x": x}), run(res.qdq_model, {"x": x})
+    np.testing.assert_allclose(ref[:, 2], 0.7, rtol=1e-6)  # the float model: bias only
+    np.testing.assert_allclose(got[:, 2], ref[:, 2], atol=1e-3)
+
+
+def test_power_of_two_scales_end_to_end():
+    model = cnn_model()
+    data = cnn_data()
+    res = compile_quiet(model, data, config=config(power_of_two=True))
+    q = res.qdq_model
+    inits = initializers(q)
+    scales = [inits[n.input[1]] for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(scales) > 10
+    for s in scales:
+        e = np.log2(s.astype(np.float64))
+        assert np.all(e == np.round(e)), s
+    # activations still cover their calibrated range: no output worse than a plain-scale compile by much
+    plain = compile_quiet(model, data)
+    err_p2 = max_rel_err(run(model, data)[0], run(q, data)[0])
+    err = max_rel_err(run(model, data)[0], run(plain.qdq_model, data)[0])
+    assert err_p2 < max(4 * err, 0.05)
+
+
+@pytest.mark.xfail(strict=True, reason="report.py build_report (line 31: batch = 32; line 78: batches of 8) and "
+                   "passes/bias_correction.py measure_shift (batch_size=16) feed several samples at once; a model "
+                   "exported with a fixed batch of 1 (torch.onnx.export without dynamic_axes) then fails with a raw "
+                   "onnxruntime INVALID_ARGUMENT (CLI: 'internal error', exit 1). calibrate() already handles it "
+                   "(_fixed_batch); use batch 1 there too")
+@pytest.mark.parametrize("default_passes", [True, False])
+def test_fixed_batch_one_model_compiles(default_passes, tmp_path):
+    model = cnn_model()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # x: [1, 3, 8, 8]
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    data = cnn_data(12)
+    import qcc
+
+    cfg = qcc.QuantConfig(calibration="minmax") if default_passes else config()
+    res = compile_quiet(model, data, config=cfg, out_dir=tmp_path / "art")
+    assert res.report["fidelity"]["samples"] == 12
+    (y,) = qcc.load(tmp_path / "art").run({"x": data["x"][:1]})
+    (ref,) = run(model, {"x": data["x"][:1]})
+    assert max_rel_err(ref, y) < 0.1
