@@ -21,9 +21,10 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
-    # onnxruntime 1.32's ClipQuantRewrite reads a Q node's zero point as an integer and aborts on
-    # FP8 zero points; the fusion is only an optimization, so FP8 graphs run without it.
-    disabled = ["ClipQuantRewrite"] if _has_float8(model) else None
+    # onnxruntime 1.32's Clip/Relu-into-Q rewrites assume integer zero points: on FP8 graphs the
+    # first aborts and the second deletes the Relu (negatives pass through). Both are only
+    # optimizations, so FP8 graphs run without them.
+    disabled = ["ClipQuantRewrite", "ReluQuantRewrite"] if _has_float8(model) else None
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=disabled)
 
@@ -46,6 +47,19 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
             extra.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             present.add(name)
     return extra
+
+
+def fixed_batch(model: onnx.ModelProto) -> bool:
+    """True when an input's axis 0 is a fixed 1 (the model cannot take a bigger batch)."""
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
+            return True
+    return False
+
+
+def batch_size_for(model: onnx.ModelProto, wanted: int) -> int:
+    return 1 if fixed_batch(model) else wanted
 
 
 def batches(feeds: dict[str, np.ndarray], batch_size: int) -> Iterable[dict[str, np.ndarray]]:

@@ -26,7 +26,7 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], feeds: dict[str, np.nd
     names = [o.name for o in session.get_outputs()]
     stats = {t: TensorStats() for t in tensors}
     total = n_samples(feeds)
-    fixed_batch = _fixed_batch(model)
+    fixed_batch = ort_backend.fixed_batch(model)
 
     bar = tqdm(total=total, desc="calibrate", unit="sample", disable=not progress, leave=False)
     start = 0
@@ -49,12 +49,3 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], feeds: dict[str, np.nd
         start += n
     bar.close()
     return stats
-
-
-def _fixed_batch(model: onnx.ModelProto) -> bool:
-    """True when an input's axis 0 is a fixed 1 (the model cannot take a bigger batch)."""
-    for inp in model.graph.input:
-        dims = inp.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
-            return True
-    return False

@@ -138,6 +138,8 @@ def _resolve_inputs(args):
     else:
         raise QccError("--calib CALIB.npz is required for a user model (keys = input names, axis 0 = samples)")
     eval_data, labels = None, None
+    if args.labels and not args.eval_path:
+        raise QccError("--labels needs --eval: labels are the classes of the evaluation samples")
     if args.eval_path:
         eval_data = load_npz(args.eval_path, "evaluation")
     elif zoo_entry is not None and not args.calib:

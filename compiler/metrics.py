@@ -34,7 +34,8 @@ def cosine(ref: np.ndarray, test: np.ndarray) -> float:
     b = test.reshape(len(test), -1).astype(np.float64)
     num = np.sum(a * b, axis=1)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float(np.mean(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)))
+    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
+    return float(np.mean(np.where(den > 0, num / np.maximum(den, 1e-30), np.where(both_zero, 1.0, 0.0))))
 
 
 def classification(ref_logits: np.ndarray, q_logits: np.ndarray) -> dict[str, float]:

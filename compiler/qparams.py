@@ -50,7 +50,11 @@ def weight_scales(w: np.ndarray, qtype: QType, axis: int | None, power_of_two: b
         amax = np.array(a.max() if a.size else 0.0, dtype=np.float32)
     else:
         amax = a.max(axis=tuple(i for i in range(w.ndim) if i != axis))
-    scale = np.maximum(amax / np.float32(qtype.qmax), _TINY).astype(np.float32)
+    scale = (amax / np.float32(qtype.qmax)).astype(np.float32)
+    # An all-zero channel (pruned, dead BatchNorm) quantizes to 0 at any scale; give it the largest
+    # channel's scale so its int32 bias (scale s_x * s_w) keeps its resolution and range.
+    live = scale > 0
+    scale = np.where(live, scale, scale.max() if live.any() else np.float32(1.0)).astype(np.float32)
     if power_of_two:
         scale = (2.0 ** np.ceil(np.log2(scale))).astype(np.float32)
     return scale

@@ -28,7 +28,7 @@ def build_report(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan:
     data, on = (eval_data, "evaluation") if eval_data is not None else (calib, "calibration")
     ref_sess = ort_backend.make_session(float_model)
     q_sess = ort_backend.make_session(qdq_model)
-    batch = 32
+    batch = ort_backend.batch_size_for(float_model, 32)
     ref_out, q_out = [], []
     for b in tqdm(list(ort_backend.batches(data, batch)), desc="evaluate", unit="batch", disable=not progress,
                   leave=False):
@@ -75,7 +75,7 @@ def _layers(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan: Quan
     q_sess = ort_backend.make_session(ort_backend.with_outputs(qdq_model, tensors))
     signal = dict.fromkeys(tensors, 0.0)
     noise = dict.fromkeys(tensors, 0.0)
-    for b in ort_backend.batches(data, 8):
+    for b in ort_backend.batches(data, ort_backend.batch_size_for(float_model, 8)):
         ref = dict(zip(tensors, ref_sess.run(tensors, b)))
         q = dict(zip(tensors, q_sess.run(tensors, b)))
         for t in tensors:

@@ -111,7 +111,7 @@ def measure_shift(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, site
     session = ort_backend.make_session(ort_backend.with_outputs(model, names))
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = dict.fromkeys(shadow, 0)
-    for batch in ort_backend.batches(feeds, batch_size):
+    for batch in ort_backend.batches(feeds, ort_backend.batch_size_for(float_model, batch_size)):
         outs = dict(zip(names, session.run(names, batch)))
         for name, shadow_name in shadow.items():
             r, q = outs[name], outs[shadow_name]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,6 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper as oh
 from onnx import numpy_helper as nh
-
-# Keep onnxruntime from oversubscribing the (small) CI machine.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 FLOAT = TP.FLOAT
 

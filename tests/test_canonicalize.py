@@ -183,6 +183,33 @@ def test_fold_constants_static_shape_subgraph_and_constant_weights():
     _assert_same_function(model, after, {"x": x})
 
 
+def test_fold_constants_pad_to_multiple_subgraph():
+    """pads = (4 - dim % 4) % 4 for H and W, computed from Shape at run time by the exporter."""
+    c = lambda name, v: _const_node(name, np.array(v, np.int64))  # noqa: E731
+    nodes = [c("i2", [2]), c("i3", [3]), c("four", [4]), c("zeros6", [0, 0, 0, 0, 0, 0]),
+             _const_node("W", np.random.default_rng(7).standard_normal((2, 3, 3, 3)).astype(np.float32)),
+             oh.make_node("Shape", ["x"], ["shape"]),
+             oh.make_node("Gather", ["shape", "i2"], ["h"], axis=0),
+             oh.make_node("Gather", ["shape", "i3"], ["w"], axis=0),
+             oh.make_node("Mod", ["h", "four"], ["hm"]), oh.make_node("Sub", ["four", "hm"], ["hp0"]),
+             oh.make_node("Mod", ["hp0", "four"], ["hp"]),
+             oh.make_node("Mod", ["w", "four"], ["wm"]), oh.make_node("Sub", ["four", "wm"], ["wp0"]),
+             oh.make_node("Mod", ["wp0", "four"], ["wp"]),
+             oh.make_node("Concat", ["zeros6", "hp", "wp"], ["pads"], axis=0),
+             oh.make_node("Pad", ["x", "pads"], ["xp"]),
+             oh.make_node("Conv", ["xp", "W"], ["y"], strides=[4, 4])]
+    model = make_model(nodes, [("x", [2, 3, 6, 7])], [("y", [2, 2, 2, 2])], opset=13)
+    m = _to_ir(model)
+    _fold_to_fixed_point(m)
+    after = _to_proto(m)
+    assert _ops(after) == Counter({"Pad": 1, "Conv": 1})
+    pad = next(n for n in after.graph.node if n.op_type == "Pad")
+    inits = {t.name: nh.to_array(t) for t in after.graph.initializer}
+    assert inits[pad.input[1]].tolist() == [0, 0, 0, 0, 0, 0, 2, 1]
+    x = np.random.default_rng(8).standard_normal((2, 3, 6, 7)).astype(np.float32)
+    _assert_same_function(model, after, {"x": x})
+
+
 def test_fold_constants_keeps_shape_of_dynamic_tensors():
     model = _paddle_style_model("N")
     m = _to_ir(model)

@@ -290,9 +290,6 @@ def test_compile_torch_module(tmp_path):
     assert max_rel_err(ref, run(res.float_model, {"input": x})[0]) < 1e-5
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py _resolve_inputs(): --labels without --eval (a user model, or a zoo "
-                   "model with --calib) is read and then silently dropped (pipeline only uses labels with "
-                   "eval_data); the user asked for accuracy and gets none. Should be a one-line user error")
 def test_cli_labels_without_eval_is_an_error(tmp_path, calib_npz, fashion_paths):
     np.save(tmp_path / "labels.npy", np.zeros(16, np.int64))
     proc = qcc_cli("compile", fashion_paths[0], "--calib", calib_npz[0], "--labels", tmp_path / "labels.npy",

@@ -12,7 +12,7 @@ import pytest
 from onnx import helper as oh
 
 import qcc
-from conftest import compile_quiet, config, make_model
+from conftest import compile_quiet, make_model
 from qcc import QccError
 from qcc.data import InputSpec, load_npz, validate_feeds
 
