@@ -33,6 +33,9 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise QccError(f"output {what} {out} already exists (use --force to replace it)")
     if out.exists() and not out.is_dir():
         raise QccError(f"output path {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        # --force replaces artifacts, never a folder of someone's other work
+        raise QccError(f"output folder {out} exists and is not a qcc artifact (no {MANIFEST}); refusing to replace it")
 
 
 def write_artifact(out: Path, force: bool, writer: Callable[[Path], None]) -> Path:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from .backends import onnxruntime as ort_backend
 from .data import n_samples
+from .errors import QccError
 from .statistics import TensorStats
 
 
@@ -33,7 +34,11 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], feeds: dict[str, np.nd
     while start < total:
         size = 1 if (fixed_batch or batch_size is None) else batch_size
         batch = {k: v[start:start + size] for k, v in feeds.items()}
-        outs = session.run(names, batch)
+        try:
+            outs = session.run(names, batch)
+        except Exception as exc:  # e.g. a symbolic input dim the model's ops can't actually take
+            raise QccError(f"onnxruntime could not run the float model on the calibration data: "
+                           f"{str(exc).strip().splitlines()[0][:300]}") from None
         by_name = dict(zip(names, outs))
         for t in tensors:
             value = batch[t] if t in graph_inputs else by_name.get(t)

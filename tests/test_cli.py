@@ -120,11 +120,12 @@ def test_cli_existing_output_and_force(tmp_path, calib_npz, fashion_paths):
     out = tmp_path / "art"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "manifest.json").write_text("{}")  # an earlier artifact: --force may replace it
     base = ["compile", fashion_paths[0], "--calib", calib_npz[0], "-o", out, "--quiet"]
     proc = qcc_cli(*base)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "--force" in proc.stderr
-    assert _listing(out) == ["old.txt"]
+    assert _listing(out) == ["manifest.json", "old.txt"]
     proc = qcc_cli(*base, "--force")
     assert proc.returncode == 0, proc.stderr
     assert _listing(out) == ["manifest.json", "model.qdq.onnx", "report.json"]
@@ -296,3 +297,12 @@ def test_cli_labels_without_eval_is_an_error(tmp_path, calib_npz, fashion_paths)
                    "-o", tmp_path / "art", "--quiet")
     assert proc.returncode == 2 and "--eval" in proc.stderr
     assert not (tmp_path / "art").exists()
+
+
+def test_force_refuses_a_folder_that_is_not_an_artifact(tmp_path, calib_npz, fashion_paths):
+    precious = tmp_path / "work"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    proc = qcc_cli("compile", fashion_paths[0], "--calib", calib_npz[0], "-o", precious, "--force")
+    assert proc.returncode == 2 and "not a qcc artifact" in proc.stderr
+    assert (precious / "notes.txt").read_text() == "keep me"
