@@ -193,15 +193,16 @@ def test_existing_output_folder_needs_force(tmp_path, fashion):
     out = tmp_path / "art"
     out.mkdir()
     (out / "keep.txt").write_text("old")
+    (out / "manifest.json").write_text("{}")  # an earlier artifact
     with pytest.raises(QccError, match="already exists.*--force"):
         compile_quiet(str(path), calib, out_dir=out)
-    assert _listing(out) == ["keep.txt"]
+    assert _listing(out) == ["keep.txt", "manifest.json"]
     # a failing compile with --force leaves the old folder untouched
     bad = calib["input"].copy()
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(QccError, match="NaN"):
         compile_quiet(str(path), {"input": bad}, out_dir=out, force=True)
-    assert _listing(out) == ["keep.txt"]
+    assert _listing(out) == ["keep.txt", "manifest.json"]
     res = compile_quiet(str(path), calib, out_dir=out, force=True)
     assert res.out_dir == out
     assert _listing(out) == ["manifest.json", "model.qdq.onnx", "report.json"]
