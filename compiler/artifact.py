@@ -118,9 +118,14 @@ class Artifact:
             from .backends import onnxruntime as ort_backend
 
             target = self.manifest.get("target", "onnx")
-            if target != "onnx":
+            if "library" in self.manifest.get("files", {}):
+                from .backends import tvm as tvm_backend
+
+                self._session = tvm_backend.Runner(self.folder)
+            elif target == "onnx":
+                self._session = _OrtRunner(ort_backend.make_session(self.folder / QDQ_MODEL), self.output_names)
+            else:
                 raise QccError(f"artifact target {target!r} has no runner in this qcc version")
-            self._session = ort_backend.make_session(self.folder / QDQ_MODEL)
         return self._session
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -128,7 +133,15 @@ class Artifact:
 
         specs = [InputSpec(i["name"], i["dtype"], i["shape"]) for i in self.manifest["inputs"]]
         feeds = validate_feeds(specs, feeds, what="input")
-        return self._runner().run(self.output_names, feeds)
+        return self._runner().run(feeds)
+
+
+class _OrtRunner:
+    def __init__(self, session, output_names: list[str]):
+        self.session, self.output_names = session, output_names
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.output_names, feeds)
 
 
 def load(folder: str | os.PathLike) -> Artifact:

@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="quantize a model and build an artifact folder")
     c.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                    help=f"an .onnx file or a model-zoo name (default: {DEFAULT_MODEL}, the bundled Fashion-MNIST CNN)")
-    c.add_argument("--target", default="onnx", choices=TARGETS)
+    c.add_argument("--target", default="onnx", choices=TARGETS,
+                   help="onnx: QDQ ONNX run by onnxruntime; llvm / x86-64: integer code built by TVM (model.so)")
+    c.add_argument("--mcpu", help="LLVM CPU for llvm targets (default: detected from this host's CPU flags)")
     c.add_argument("--calib", help="calibration .npz (keys = input names, axis 0 = samples); zoo models bring their own")
     c.add_argument("--eval", dest="eval_path", help="evaluation .npz: adds FP32-vs-quantized fidelity to the report")
     c.add_argument("--labels", help=".npy of integer labels for the evaluation set (adds accuracy)")
@@ -112,7 +114,7 @@ def _compile(args) -> int:
     log = (lambda m: None) if args.quiet else (lambda m: print(f"qcc: {m}", file=sys.stderr))
     t0 = time.perf_counter()
     result = compile_model(model, calib, config=config, target=args.target, eval_data=eval_data, labels=labels,
-                           out_dir=args.output, force=args.force, progress=progress, log=log)
+                           out_dir=args.output, force=args.force, progress=progress, mcpu=args.mcpu, log=log)
     if not args.quiet:
         _summary(result.report, result.out_dir, time.perf_counter() - t0)
     return 0
@@ -167,6 +169,12 @@ def _summary(report: dict, out_dir, seconds: float) -> None:
         parts = [f"{k} {m[k]:.4f}" for k in ("accuracy_fp32", "accuracy_quantized", "agreement",
                                              "agreement_confident", "kl", "cosine", "sqnr_db") if k in m]
         print(f"  {name:<16} {', '.join(parts)}   ({fid['data']} set, {fid['samples']} samples)")
+    backend = report.get("backend")
+    if backend:
+        print(f"  TVM {backend['target']}: built in {backend['build_s']:.1f} s, integer ops "
+              f"{sum(backend['integer_ops'].values())}, float fallbacks {len(backend['float_fallback'])}")
+        for name, e in backend.get("exactness", {}).items():
+            print(f"  {name:<16} model.so vs onnxruntime: {100 * e['within_step']:.2f}% of elements within one step")
     worst = sorted((r for r in report["layers"] if "sqnr_db" in r), key=lambda r: r["sqnr_db"])[:3]
     if worst:
         print("  lowest SQNR      " + ", ".join(f"{r['node']} {r['sqnr_db']:.1f} dB" for r in worst))

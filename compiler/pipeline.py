@@ -33,7 +33,9 @@ from .qdq import emit_qdq
 from .ranges import select_range
 from .report import build_report
 
-TARGETS = ("onnx",)
+TARGETS = ("onnx", "llvm", "x86-64")
+TVM_TARGETS = ("llvm", "x86-64")   # integer code through TVM (backends/tvm); "onnx" is QDQ only
+VERIFY_SAMPLES = 16                # samples the built library is checked on against onnxruntime
 
 
 @dataclass
@@ -49,13 +51,22 @@ class CompileResult:
 def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConfig | None = None,
                   target: str = "onnx", eval_data: dict[str, np.ndarray] | None = None,
                   labels: np.ndarray | None = None, out_dir: str | Path | None = None, force: bool = False,
-                  progress: bool = True, example_inputs: Any = None, log=None) -> CompileResult:
+                  progress: bool = True, example_inputs: Any = None, mcpu: str | None = None,
+                  log=None) -> CompileResult:
     config = config or QuantConfig()
     log = log or (lambda msg: None)
     if target not in TARGETS:
         raise QccError(f"unknown target {target!r}; this build supports: {', '.join(TARGETS)}")
     if out_dir is not None:
         check_output_dir(Path(out_dir), force)  # fail before any work, not after
+    tvm_target = None
+    if target in TVM_TARGETS:
+        if out_dir is None:
+            raise QccError(f"target {target!r} builds a library (model.so): give an output folder")
+        from .backends import tvm as tvm_backend
+
+        tvm_target = tvm_backend.detect_target(kind="llvm", mcpu=mcpu)
+        log(f"TVM target: {tvm_target}")
     timings: dict[str, float] = {}
     t = time.perf_counter()
 
@@ -117,11 +128,35 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
         def writer(folder: Path) -> None:
             save_model(qdq_proto, folder / QDQ_MODEL)
             manifest["hashes"] = {QDQ_MODEL: file_sha256(folder / QDQ_MODEL)}
+            if tvm_target is not None:
+                t_build = time.perf_counter()
+                report["backend"] = build_tvm(qdq_proto, tvm_target, folder, calib, eval_data, log)
+                manifest["backend"] = {k: report["backend"][k] for k in ("target", "mcpu", "static_batch")}
+                manifest["files"]["library"] = report["backend"]["files"]["library"]
+                manifest["files"]["io"] = report["backend"]["files"]["io"]
+                manifest["hashes"]["library"] = file_sha256(folder / manifest["files"]["library"])
+                timings["tvm_build_s"] = time.perf_counter() - t_build
             save_json(folder / REPORT, report)
             save_json(folder / MANIFEST, manifest)
 
         out_dir = write_artifact(Path(out_dir), force, writer)
     return CompileResult(qdq_proto, float_proto, plan, report, manifest, Path(out_dir) if out_dir else None)
+
+
+def build_tvm(qdq_proto: onnx.ModelProto, tvm_target: dict, folder: Path, calib, eval_data, log) -> dict:
+    """Lower the QDQ graph to integer code (backends/tvm), build model.so into `folder`, and check the
+    built library against onnxruntime on the same QDQ graph (the reference) on a few samples."""
+    from .backends import tvm as tvm_backend
+    from .backends.tvm import verify
+
+    info = tvm_backend.build(qdq_proto, tvm_target, folder, input_shapes=verify.input_shapes_from(calib))
+    log(f"TVM build: {info['build_s']:.1f} s, integer ops {info['integer_ops']}, "
+        f"{len(info['float_fallback'])} float fallbacks")
+    data = eval_data if eval_data is not None else calib
+    sample = {k: v[:VERIFY_SAMPLES] for k, v in data.items()}
+    outputs = tvm_backend.Runner(folder).run(sample)
+    info["exactness"] = verify.end_to_end(qdq_proto, outputs, sample)
+    return info
 
 
 def quantize(float_proto: onnx.ModelProto, config: QuantConfig, stats,
