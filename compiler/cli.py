@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except QccError as exc:
         print(f"qcc: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `qcc inspect out | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("qcc: interrupted (no artifact written)", file=sys.stderr)
         return 130
@@ -69,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace an existing output folder")
     c.add_argument("--scheme", default="int8", choices=list(SCHEMES))
     c.add_argument("--granularity", default="per-channel", choices=GRANULARITIES)
-    c.add_argument("--calibration", default="percentile", choices=CALIBRATIONS)
+    c.add_argument("--calibration", default="mse", choices=CALIBRATIONS)
     c.add_argument("--percentile", type=float, default=99.999)
     c.add_argument("--passes", default="bias-correction",
                    help="comma-separated graph passes to run ('none' for none); default: bias-correction")
