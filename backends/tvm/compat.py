@@ -1,0 +1,201 @@
+"""Everything that depends on the exact Apache TVM version lives here.
+
+qcc's TVM backend is written against apache-tvm 0.27 (with apache-tvm-ffi 0.1.14: 0.1.15 segfaults in
+``tvm.ir.save_json``). 0.27 renamed a lot: ``tvm.tir`` -> ``tvm.tirx`` / ``tvm.s_tir``,
+``relax.Constant`` -> ``tvm.ir.expr.GenericConst`` (``.value`` holds the tensor), ``struct_info`` ->
+``.ty`` (``relax.TensorType``), and targets are JSON dicts (``{"kind": "llvm", "mcpu": "znver4"}``);
+an unknown ``mcpu`` only logs an error and silently compiles for a generic CPU. The rest of the
+backend only calls the helpers below.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcc.errors import QccError
+
+TVM_VERSION = "0.27.0.post1"
+FFI_VERSION = "0.1.14.post1"
+_BAD_FFI = {"0.1.15.post2": "segfaults in tvm.ir.save_json (and so in every MetaSchedule run)"}
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_versions() -> dict[str, str | None]:
+    """The installed apache-tvm / apache-tvm-ffi versions; raises QccError on a known-bad pair."""
+    tvm_v, ffi_v = _dist_version("apache-tvm"), _dist_version("apache-tvm-ffi")
+    if tvm_v is None:
+        raise QccError("the TVM backend needs apache-tvm (pip install apache-tvm==0.27.0.post1 "
+                       "apache-tvm-ffi==0.1.14.post1)")
+    if ffi_v in _BAD_FFI:
+        raise QccError(f"apache-tvm-ffi {ffi_v} {_BAD_FFI[ffi_v]}; pin apache-tvm-ffi=={FFI_VERSION}")
+    if not tvm_v.startswith("0.27"):
+        raise QccError(f"qcc's TVM backend is written for apache-tvm {TVM_VERSION}; found {tvm_v}")
+    return {"apache-tvm": tvm_v, "apache-tvm-ffi": ffi_v}
+
+
+check_versions()
+
+import tvm  # noqa: E402
+from tvm import relax  # noqa: E402
+from tvm import tirx  # noqa: E402  (0.27: TIR itself; was tvm.tir)
+from tvm.target import codegen as _codegen  # noqa: E402
+
+R = relax.op
+Call = relax.Call
+Var = relax.Var
+DataflowVar = relax.DataflowVar
+TensorType = relax.TensorType          # 0.27: was relax.TensorStructInfo
+Constant = tvm.ir.expr.Constant        # 0.27: relax.Constant is tvm.ir.expr.GenericConst
+GlobalVar = tvm.ir.expr.GlobalVar
+PyExprMutator = relax.PyExprMutator
+mutator = relax.expr_functor.mutator
+
+
+# ---------------------------------------------------------------------------------------------
+# IR accessors
+# ---------------------------------------------------------------------------------------------
+
+def tensor_dtype(expr) -> str | None:
+    t = getattr(expr, "ty", None)
+    return str(t.dtype) if isinstance(t, TensorType) else None
+
+
+def tensor_shape(expr) -> list | None:
+    """Static dims as ints, symbolic ones as the TIR variable / expression; None if unknown."""
+    t = getattr(expr, "ty", None)
+    if not isinstance(t, TensorType) or t.shape is None:
+        return None
+    shape = t.shape
+    values = getattr(shape, "values", None)
+    if values is None:
+        return None
+    return [int(v) if isinstance(v, tirx.IntImm) else v for v in values]
+
+
+def const_numpy(expr) -> np.ndarray | None:
+    if isinstance(expr, Constant):
+        return expr.value.numpy()
+    return None
+
+
+def op_name(expr) -> str | None:
+    """'relax.nn.conv2d' for a call to a Relax operator, 'call_tir:maximum' for call_tir."""
+    if not isinstance(expr, Call):
+        return None
+    op = expr.op
+    if isinstance(op, tvm.ir.Op):
+        if op.name == "relax.call_tir" and isinstance(expr.args[0], GlobalVar):
+            # the frontend's emit_te functions are named maximum, maximum1, maximum2, ...
+            return "call_tir:" + re.sub(r"_?\d+$", "", expr.args[0].name_hint)
+        return op.name
+    return None
+
+
+def call_tir_args(expr) -> list:
+    return list(expr.args[1].fields)
+
+
+def prim_value(expr) -> float | None:
+    """A Python number from an IntImm / FloatImm / PrimValue argument (R.clip bounds)."""
+    if isinstance(expr, (tirx.IntImm, tirx.FloatImm)):
+        return expr.value
+    value = getattr(expr, "value", None)
+    if isinstance(value, (tirx.IntImm, tirx.FloatImm)):
+        return value.value
+    return None
+
+
+def int_tuple(values) -> list[int]:
+    return [int(v) for v in values]
+
+
+def const(array: np.ndarray | int | float, dtype: str | None = None):
+    array = np.asarray(array)
+    if dtype is not None:
+        array = array.astype(dtype)
+    return relax.const(array, str(array.dtype))
+
+
+def sym_var(name: str):
+    return tirx.Var(name, "int64")
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+# ---------------------------------------------------------------------------------------------
+
+def system_triple() -> str:
+    return _codegen.llvm_get_system_triple()
+
+
+def is_valid_cpu(mcpu: str, triple: str | None = None) -> bool:
+    return bool(_codegen.llvm_is_valid_cpu(mcpu, triple or system_triple()))
+
+
+def cpu_has_features(target: dict, features: list[str]) -> bool:
+    return bool(_codegen.llvm_cpu_has_features(features, make_target(target)))
+
+
+def make_target(target: dict):
+    if not isinstance(target, dict):
+        raise QccError(f"TVM targets are JSON dicts like {{'kind': 'llvm', 'mcpu': 'haswell'}}, got {target!r}")
+    return tvm.target.Target(dict(target))
+
+
+# ---------------------------------------------------------------------------------------------
+# Import, build, load, run
+# ---------------------------------------------------------------------------------------------
+
+def from_onnx(model, shape_dict: dict | None = None):
+    from tvm.relax.frontend.onnx import from_onnx as _from_onnx
+
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
+
+
+def compile_module(mod, target: dict):
+    """Default Relax pipeline, no tuning. Returns (executable, seconds)."""
+    tgt = make_target(target)
+    t0 = time.perf_counter()
+    ex = tvm.compile(mod, target=tgt, relax_pipeline=relax.get_default_pipeline(tgt))
+    return ex, time.perf_counter() - t0
+
+
+def export_library(ex, path: Path) -> None:
+    ex.export_library(str(path))
+
+
+def load_vm(path: Path):
+    lib = tvm.runtime.load_module(str(path))
+    return relax.VirtualMachine(lib, tvm.cpu())
+
+
+def to_device(array: np.ndarray):
+    return tvm.runtime.tensor(np.ascontiguousarray(array))
+
+
+def outputs_to_numpy(result) -> list[np.ndarray]:
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    out = []
+    for item in result:
+        out.extend(outputs_to_numpy(item))
+    return out
+
+
+def dead_code_elimination(mod):
+    return relax.transform.DeadCodeElimination(["main"])(mod)

@@ -1,0 +1,255 @@
+"""QDQ ONNX -> Relax (TVM's ONNX frontend) -> integer Relax (lower.py) -> model.so, and its runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from qcc.errors import QccError
+
+from . import compat, onnx_prep
+from .lower import lower_to_integer
+from .target import validate_target
+
+LIBRARY = "model.so"
+IO_SPEC = "tvm_io.json"
+BATCH = "batch"
+
+_ONNX_DTYPE = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32",
+               onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.BOOL: "bool",
+               onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.DOUBLE: "float64"}
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def io_spec(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict:
+    """Input names / dtypes / shapes (dim 0 may stay dynamic as "batch"; other dynamic dims come from
+    `input_shapes`) and output names / dtypes."""
+    input_shapes = input_shapes or {}
+    inputs = []
+    for vi in _graph_inputs(model):
+        tt = vi.type.tensor_type
+        dims = []
+        for i, d in enumerate(tt.shape.dim):
+            dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
+        given = input_shapes.get(vi.name)
+        if given is not None:
+            given = list(given)
+            if not tt.HasField("shape"):
+                dims = [None] * len(given)
+            if len(given) != len(dims):
+                raise QccError(f"input_shapes[{vi.name!r}] has rank {len(given)}, the model input has rank {len(dims)}")
+            dims = [g if isinstance(g, int) and g > 0 else d for g, d in zip(given, dims)]
+        shape = []
+        for i, d in enumerate(dims):
+            if d is not None:
+                shape.append(int(d))
+            elif i == 0:
+                shape.append(BATCH)
+            else:
+                raise QccError(f"input {vi.name!r} has a dynamic dimension {i}; the TVM backend needs static "
+                               f"non-batch dimensions: pass input_shapes={{{vi.name!r}: [...]}} (e.g. the "
+                               "calibration sample shape)")
+        inputs.append({"name": vi.name, "dtype": _ONNX_DTYPE.get(tt.elem_type, "float32"), "shape": shape})
+    outputs = [{"name": o.name, "dtype": _ONNX_DTYPE.get(o.type.tensor_type.elem_type, "float32")}
+               for o in model.graph.output]
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def input_shapes_from(feeds: dict[str, np.ndarray]) -> dict[str, list]:
+    """input_shapes for build() from sample data (e.g. the calibration set): the per-sample shape
+    with a dynamic batch dim."""
+    return {k: [BATCH] + list(np.shape(v)[1:]) for k, v in feeds.items()}
+
+
+def _extra_symbolic_vars(mod) -> list[str]:
+    """Symbolic dims the imported main defines besides the batch dim (e.g. range lengths)."""
+    func = mod["main"]
+    names = {str(v) for v in compat.relax.analysis.defined_symbolic_vars(func)}
+    return sorted(names - {BATCH})
+
+
+def _import(model: onnx.ModelProto, spec: dict):
+    batch = compat.sym_var(BATCH)
+    shape_dict = {i["name"]: [batch if d == BATCH else d for d in i["shape"]] for i in spec["inputs"]}
+    try:
+        return compat.from_onnx(model, shape_dict=shape_dict)
+    except Exception as exc:  # the frontend raises plain Python errors with long IR dumps
+        first = str(exc).strip().splitlines()
+        raise QccError(f"TVM's ONNX frontend could not import the model: {type(exc).__name__}: "
+                       f"{first[-1] if first else ''}") from exc
+
+
+def _static(model: onnx.ModelProto, spec: dict, batch: int) -> tuple[onnx.ModelProto, dict]:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    spec = json.loads(json.dumps(spec))
+    for inp in spec["inputs"]:
+        inp["shape"] = [batch if d == BATCH else d for d in inp["shape"]]
+    onnx_prep.set_input_shapes(m, {i["name"]: i["shape"] for i in spec["inputs"]})
+    onnx_prep.fold_static_shapes(m)
+    return m, spec
+
+
+_UNSUPPORTED_QTYPES = {
+    onnx.TensorProto.FLOAT8E4M3FN: "float8 e4m3", onnx.TensorProto.FLOAT8E5M2: "float8 e5m2",
+    onnx.TensorProto.FLOAT8E4M3FNUZ: "float8 e4m3fnuz", onnx.TensorProto.FLOAT8E5M2FNUZ: "float8 e5m2fnuz",
+    onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4",
+}
+
+
+def check_supported(model: onnx.ModelProto) -> None:
+    """The backend lowers int8 / uint8 QDQ graphs; FP8 and 4-bit schemes fail clearly, up front."""
+    found = sorted({_UNSUPPORTED_QTYPES[t.data_type] for t in model.graph.initializer
+                    if t.data_type in _UNSUPPORTED_QTYPES})
+    if found:
+        raise QccError(f"the TVM backend compiles int8 / uint8 QDQ models; this one has {', '.join(found)} "
+                       "tensors (TVM 0.27 cannot import FP8 zero points, and 4-bit tensors need explicit "
+                       "packing): use --target onnx for the fp8-* and w4a8 schemes")
+
+
+def import_relax(model: onnx.ModelProto, input_shapes: dict | None = None, batch: int | None = 1):
+    """The QDQ model as a Relax module (fake quantization: float ops between quantize / dequantize).
+
+    ``batch``: the batch size the library is compiled for (static shapes compile ~1.6x faster and
+    run faster; the runner feeds other batch sizes in chunks), or None to keep a dynamic batch
+    dimension where the model has one. Graphs whose shape arithmetic leaves other symbolic dims
+    with a dynamic batch (transformers' attention-mask construction) fall back to batch 1.
+    Shape subgraphs are folded once shapes are static. Returns (module, io spec)."""
+    check_supported(model)
+    model_copy = onnx.ModelProto()
+    model_copy.CopyFrom(model)
+    onnx_prep.drop_shape_casts(model_copy)
+    spec = io_spec(model_copy, input_shapes)
+    dynamic = any(d == BATCH for i in spec["inputs"] for d in i["shape"])
+    reason = None
+    if dynamic and batch is None:
+        try:
+            mod = _import(model_copy, spec)
+            extra = _extra_symbolic_vars(mod)
+        except QccError as exc:
+            extra = [str(exc)]
+        if not extra:
+            spec["static_batch"] = False
+            return mod, spec
+        reason = f"a dynamic batch leaves other symbolic dims {extra[:4]}"
+    model_copy, spec = _static(model_copy, spec, batch or 1)
+    spec["static_batch"] = True
+    if reason:
+        spec["static_batch_reason"] = reason
+    return _import(model_copy, spec), spec
+
+
+def lower(model: onnx.ModelProto, input_shapes: dict | None = None, batch: int | None = 1):
+    """Import and rewrite to integer Relax. Returns (module, spec, integer_ops, float_fallback)."""
+    mod, spec = import_relax(model, input_shapes, batch)
+    mod, integer_ops, fallback = lower_to_integer(mod)
+    return mod, spec, integer_ops, fallback
+
+
+def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes: dict | None = None,
+          batch: int | None = 1) -> dict:
+    """Compile a QDQ model to out_dir/model.so (+ out_dir/tvm_io.json for the runner).
+
+    input_shapes: static sizes for dynamic non-batch input dims ({"x": ["batch", 3, 48, 192]});
+    batch: the compiled batch size (None: keep the batch dim dynamic where possible)."""
+    target = validate_target(target)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    mod, spec, integer_ops, fallback = lower(qdq_model, input_shapes, batch)
+    t_lower = time.perf_counter() - t0
+    ex, t_compile = compat.compile_module(mod, target)
+    t1 = time.perf_counter()
+    # write next to the destination and rename, so a failed export never leaves a partial model.so
+    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        compat.export_library(ex, Path(tmp))
+        os.replace(tmp, out_dir / LIBRARY)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    t_export = time.perf_counter() - t1
+    info = {
+        "target": target,
+        "mcpu": target.get("mcpu"),
+        "integer_ops": integer_ops,
+        "float_fallback": fallback,
+        "inputs": spec["inputs"],
+        "static_batch": spec["static_batch"],
+        "build_s": round(time.perf_counter() - t0, 3),
+        "timings": {"import_lower_s": round(t_lower, 3), "compile_s": round(t_compile, 3),
+                    "export_s": round(t_export, 3)},
+        "versions": compat.check_versions(),
+        "files": {"library": LIBRARY, "io": IO_SPEC},
+    }
+    (out_dir / IO_SPEC).write_text(json.dumps({**spec, "target": target}, indent=2) + "\n")
+    return info
+
+
+class Runner:
+    """Runs out_dir/model.so with TVM's Relax VM on the CPU."""
+
+    def __init__(self, out_dir):
+        self.folder = Path(out_dir)
+        io_path, lib = self.folder / IO_SPEC, self.folder / LIBRARY
+        if not lib.is_file() or not io_path.is_file():
+            raise QccError(f"{self.folder} has no TVM build ({LIBRARY} and {IO_SPEC} expected)")
+        self.spec = json.loads(io_path.read_text())
+        self.vm = compat.load_vm(lib)
+        self._main = self.vm["main"]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i["name"] for i in self.spec["inputs"]]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self.spec["outputs"]]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.spec.get("static_batch"):
+            return self._run_chunked(feeds)
+        return self._run(feeds)
+
+    def _run_chunked(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """A static-batch build fed a different batch size: run it in chunks along axis 0."""
+        b = self.spec["inputs"][0]["shape"][0]
+        arrays = {k: np.asarray(v) for k, v in feeds.items()}
+        n = {a.shape[0] for a in arrays.values() if a.ndim}
+        if len(n) != 1 or n == {b}:
+            return self._run(feeds)
+        (n,) = n
+        parts = []
+        for start in range(0, n, b):
+            chunk = {k: v[start:start + b] for k, v in arrays.items()}
+            got = next(iter(chunk.values())).shape[0]
+            if got < b:     # pad the last chunk by repeating its last row
+                chunk = {k: np.concatenate([v, np.repeat(v[-1:], b - got, axis=0)]) for k, v in chunk.items()}
+            parts.append([o[:got] for o in self._run(chunk)])
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        args = []
+        for inp in self.spec["inputs"]:
+            if inp["name"] not in feeds:
+                raise QccError(f"missing input {inp['name']!r} (expected {self.input_names})")
+            x = np.asarray(feeds[inp["name"]])
+            if x.dtype != np.dtype(inp["dtype"]):
+                x = x.astype(inp["dtype"])
+            want = inp["shape"]
+            if len(x.shape) != len(want) or any(w != BATCH and w != d for w, d in zip(want, x.shape)):
+                raise QccError(f"input {inp['name']!r} has shape {list(x.shape)}, this build expects {want}")
+            args.append(compat.to_device(x))
+        return compat.outputs_to_numpy(self._main(*args))
+
