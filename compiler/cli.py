@@ -177,7 +177,8 @@ def _summary(report: dict, out_dir, seconds: float) -> None:
         print(f"  TVM {backend['target']}: built in {backend['build_s']:.1f} s, integer ops "
               f"{sum(backend['integer_ops'].values())}, float fallbacks {len(backend['float_fallback'])}")
         for name, e in backend.get("exactness", {}).items():
-            print(f"  {name:<16} model.so vs onnxruntime: {100 * e['within_step']:.2f}% of elements within one step")
+            print(f"  {name:<16} model.so vs onnxruntime: {100 * e['within_step']:.2f}% of elements within one step "
+                  f"(onnxruntime fused vs unfused: {100 * e['ort_fused_vs_unfused_within_step']:.2f}%)")
     worst = sorted((r for r in report["layers"] if "sqnr_db" in r), key=lambda r: r["sqnr_db"])[:3]
     if worst:
         print("  lowest SQNR      " + ", ".join(f"{r['node']} {r['sqnr_db']:.1f} dB" for r in worst))

@@ -103,6 +103,15 @@ def op_name(expr) -> str | None:
     return None
 
 
+def rebuild_call(call, args: list):
+    """The same operator call with new arguments (0.27: struct-info args are `ty_args`)."""
+    return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+def symbolic_var_names(func) -> set[str]:
+    return {str(v) for v in relax.analysis.defined_symbolic_vars(func)}
+
+
 def call_tir_args(expr) -> list:
     return list(expr.args[1].fields)
 

@@ -371,8 +371,7 @@ class Lowering:
                                             rounding_method=str(a.rounding_method),
                                             cubic_alpha=float(a.cubic_alpha), cubic_exclude=int(a.cubic_exclude),
                                             extrapolation_value=float(a.extrapolation_value))
-                return relax.Call(call.op, [data] + [e.remap(x) for x in call.args[1:]], call.attrs,
-                                  call.ty_args)
+                return compat.rebuild_call(call, [data] + [e.remap(x) for x in call.args[1:]])
 
             return View(expr, emit, inner.scale, inner.zp, inner.dtype, inner.sources, inner.ops + [op_short])
         return None

@@ -73,9 +73,7 @@ def input_shapes_from(feeds: dict[str, np.ndarray]) -> dict[str, list]:
 
 def _extra_symbolic_vars(mod) -> list[str]:
     """Symbolic dims the imported main defines besides the batch dim (e.g. range lengths)."""
-    func = mod["main"]
-    names = {str(v) for v in compat.relax.analysis.defined_symbolic_vars(func)}
-    return sorted(names - {BATCH})
+    return sorted(compat.symbolic_var_names(mod["main"]) - {BATCH})
 
 
 def _import(model: onnx.ModelProto, spec: dict):
