@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -28,6 +27,9 @@ import qcc
 from qcc import metrics, models
 from qcc.backends import onnxruntime as ort_backend
 
+sys.path.insert(0, str(Path(__file__).parent))
+from ort_baseline import ort_quantize_static  # noqa: E402
+
 
 def emit(**kv) -> None:
     print(json.dumps(kv, default=float), flush=True)
@@ -38,23 +40,7 @@ def evaluate(model_path, data, output=0):
 
 
 def ort_quantize(model_path: Path, calib: dict, method: str, per_channel: bool = True) -> Path:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            n = len(next(iter(calib.values())))
-            self.it = iter([{k: v[i:i + 1] for k, v in calib.items()} for i in range(n)])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    out = Path(tempfile.mkdtemp()) / f"ort_{method}.onnx"
-    with contextlib.redirect_stdout(sys.stderr):  # its progress prints would break the JSON lines
-            quantize_static(str(model_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, method))
-    return out
+    return ort_quantize_static(model_path, calib, Path(tempfile.mkdtemp()) / f"ort_{method}.onnx", method, per_channel)
 
 
 def qcc_compile(entry, **cfg):

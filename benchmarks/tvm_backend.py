@@ -19,9 +19,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -38,6 +36,7 @@ from qcc import models  # noqa: E402
 from qcc.backends import onnxruntime as ort_backend  # noqa: E402
 from qcc.backends import tvm as tvm_backend  # noqa: E402
 from qcc.backends.tvm import verify  # noqa: E402
+from ort_baseline import ort_quantize_static  # noqa: E402
 
 THREADS = 2
 # name -> (n_calib, n_eval, layerwise samples)
@@ -115,29 +114,6 @@ def _median_ms(fn, runs: int, warmup: int = 3) -> float:
     return float(np.median(ts) * 1e3)
 
 
-def _ort_quantize_static(model_path: Path, calib: dict, out: Path) -> Path:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            n = len(next(iter(calib.values())))
-            self.it = iter([{k: v[i:i + 1] for k, v in calib.items()} for i in range(n)])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)       # its "consider pre-processing" advice, once per model
-    with contextlib.redirect_stdout(sys.stderr):
-        quantize_static(str(model_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
-    root.setLevel(level)
-    return out
-
-
 def latency(name: str, target: dict, work: Path, runs: int) -> None:
     n_calib = min(ZOO[name][0], 32)
     entry, feeds = _entry(name, n_calib, 1)
@@ -150,7 +126,7 @@ def latency(name: str, target: dict, work: Path, runs: int) -> None:
     sessions = {"ort_fp32_ms": ort_backend.make_session(entry.onnx_path, threads=THREADS),
                 "ort_qcc_qdq_ms": ort_backend.make_session(res.qdq_model, threads=THREADS)}
     try:
-        ort_q = _ort_quantize_static(entry.onnx_path, entry.calib, work / f"{name}.ort_qdq.onnx")
+        ort_q = ort_quantize_static(entry.onnx_path, entry.calib, work / f"{name}.ort_qdq.onnx")
         sessions["ort_int8_quantize_static_ms"] = ort_backend.make_session(ort_q, threads=THREADS)
     except Exception as exc:  # noqa: BLE001 - report, don't abort the other figures
         fig["ort_quantize_static_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
