@@ -99,7 +99,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _compile(args) -> int:
     from .config import QuantConfig
-    from .data import load_npz
     from .pipeline import compile_model
 
     overrides = {}

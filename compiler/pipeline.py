@@ -23,7 +23,7 @@ from .artifact import (MANIFEST, QDQ_MODEL, REPORT, check_output_dir, file_sha25
 from .calibrate import calibrate
 from .canonicalize import canonicalize
 from .config import SCHEMES, QuantConfig
-from .data import InputSpec, input_specs, validate_feeds
+from .data import input_specs, validate_feeds
 from .errors import QccError
 from .loader import load_model
 from .plan import QuantPlan, build_plan

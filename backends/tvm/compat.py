@@ -14,7 +14,6 @@ import importlib.metadata
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
