@@ -1,4 +1,4 @@
-"""The `qcc` command line: compile, run, inspect.
+"""The `qcc` command line: compile, run, inspect, bench.
 
 Every user error ends as one line on stderr and exit code 2 (1 for internal errors), never a
 traceback; set QCC_DEBUG=1 to see the traceback of an internal error.
@@ -89,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--inputs", required=True, help=".npz keyed by input names")
     r.add_argument("-o", "--output", help="write outputs to this .npz")
     r.set_defaults(func=_run)
+
+    b = sub.add_parser("bench", help="batch latency of an artifact, side by side with onnxruntime on its QDQ graph")
+    b.add_argument("artifact")
+    b.add_argument("--inputs", help=".npz keyed by input names (default: random data for float inputs)")
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--runs", type=int, default=50)
+    b.add_argument("--warmup", type=int, default=5)
+    b.set_defaults(func=_bench)
 
     i = sub.add_parser("inspect", help="per-layer table of an artifact: op, bits, scheme, scale, SQNR")
     i.add_argument("artifact")
@@ -194,6 +202,44 @@ def _run(args) -> int:
     for name, out in zip(art.output_names, outputs):
         print(json.dumps({"output": name, "shape": list(out.shape), "dtype": str(out.dtype),
                           "mean": float(np.mean(out)), "argmax_first": int(np.argmax(out[0])) if out.ndim > 1 else None}))
+    return 0
+
+
+def _bench(args) -> int:
+    """Median latency (ms) of the artifact's runner and of onnxruntime on model.qdq.onnx, interleaved
+    run by run so both see the same machine load; one JSON line."""
+    from .artifact import QDQ_MODEL, load
+    from .backends import onnxruntime as ort_backend
+    from .data import load_npz
+
+    if args.runs < 1 or args.batch < 1:
+        raise QccError("--runs and --batch must be >= 1")
+    art = load(args.artifact)
+    if args.inputs:
+        feeds = {k: v[:args.batch] for k, v in load_npz(args.inputs, "input").items()}
+    else:
+        feeds = {}
+        for spec in art.manifest["inputs"]:
+            if np.dtype(spec["dtype"]).kind != "f":
+                raise QccError(f"input {spec['name']!r} is {spec['dtype']}: give real inputs with --inputs")
+            shape = [args.batch] + [d if d is not None else 1 for d in spec["shape"][1:]]
+            feeds[spec["name"]] = np.random.default_rng(0).standard_normal(shape).astype(spec["dtype"])
+    session = ort_backend.make_session(art.folder / QDQ_MODEL)
+    for _ in range(args.warmup):
+        art.run(feeds)
+        session.run(None, feeds)
+    ours, ort = [], []
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        art.run(feeds)
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        session.run(None, feeds)
+        ort.append(time.perf_counter() - t)
+    med, ort_med = float(np.median(ours)) * 1e3, float(np.median(ort)) * 1e3
+    print(json.dumps({"artifact": str(art.folder), "target": art.manifest["target"], "batch": args.batch,
+                      "runs": args.runs, "median_ms": round(med, 4), "p90_ms": round(float(np.percentile(ours, 90)) * 1e3, 4),
+                      "onnxruntime_qdq_median_ms": round(ort_med, 4), "ratio_vs_onnxruntime_qdq": round(med / ort_med, 3)}))
     return 0
 
 

@@ -306,3 +306,16 @@ def test_force_refuses_a_folder_that_is_not_an_artifact(tmp_path, calib_npz, fas
     proc = qcc_cli("compile", fashion_paths[0], "--calib", calib_npz[0], "-o", precious, "--force")
     assert proc.returncode == 2 and "not a qcc artifact" in proc.stderr
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_bench_prints_one_json_line(default_artifact):
+    out, _ = default_artifact
+    proc = qcc_cli("bench", out, "--runs", "3", "--warmup", "1", "--batch", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    row = json.loads(lines[0])
+    assert row["batch"] == 2 and row["runs"] == 3 and row["target"] == "onnx"
+    assert row["median_ms"] > 0 and row["onnxruntime_qdq_median_ms"] > 0
+    proc = qcc_cli("bench", out, "--runs", "0")
+    assert proc.returncode == 2 and "--runs" in proc.stderr
