@@ -20,7 +20,7 @@ SCHEMES: dict[str, tuple[QType, bool, QType]] = {
 }
 GRANULARITIES = ("per-channel", "per-tensor")
 CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
-PASSES = ("bias-correction", "equalization")
+PASSES = ("bias-correction", "equalization", "smoothing")
 
 
 @dataclass

@@ -30,6 +30,7 @@ from .plan import QuantPlan, build_plan
 from .qparams import range_to_qparams
 from .passes.bias_correction import apply_shift, bias_site, measure_shift
 from .passes.equalization import equalize, find_pairs, measure_preactivation_max
+from .passes.smoothing import collect_stats, find_sites, smooth
 from .qdq import emit_qdq
 from .ranges import select_range
 from .report import build_report
@@ -97,6 +98,16 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
         timings["equalization_s"] = time.perf_counter() - t_eq
         log(f"equalization: {summary['channels_scaled']}/{summary['channels']} channels in "
             f"{summary['pairs']} conv pairs")
+    if "smoothing" in config.passes:
+        t_sm = time.perf_counter()
+        # duplicate=True: in a post-LN BERT the residual Add reads every LN output, so the MatMuls get
+        # a smoothed copy of the LN and the residual keeps the original - exact, one extra LN a site
+        sites, skipped = find_sites(ir_model, duplicate=True)
+        summary = smooth(ir_model, collect_stats(float_proto, sites, calib), sites)
+        float_proto = ir.to_proto(ir_model)
+        timings["smoothing_s"] = time.perf_counter() - t_sm
+        log(f"smoothing: {summary['smoothed']}/{summary['sites']} LayerNorm sites "
+            f"({summary['duplicated']} through a LayerNorm copy)")
 
     t = time.perf_counter()
     draft = build_plan(ir_model, config)
