@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration", default="mse", choices=CALIBRATIONS)
     c.add_argument("--percentile", type=float, default=99.999)
     c.add_argument("--passes", default="bias-correction",
-                   help="comma-separated graph passes to run ('none' for none); default: bias-correction")
+                   help="comma-separated graph passes: bias-correction, equalization, smoothing (or none); default: bias-correction")
     c.add_argument("--power-of-two", action="store_true", help="round scales up to powers of two")
     c.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OP|/REGEX/",
                    help="keep these nodes float: node names, op types, or /regex/ on node names")

@@ -1,8 +1,9 @@
 """`qcc compile`, start to end:
 
-    load -> canonicalize -> validate data -> (cross-layer equalization) -> plan -> calibrate (float graph, streaming stats)
-    -> re-plan with statistics (masks stay float) -> clipping ranges -> scales / zero points
-    -> emit QDQ -> check -> fidelity + per-layer SQNR report -> artifact folder (atomic)
+    load -> canonicalize -> validate data -> rewrite (equalization, smoothing: opt-in) -> plan -> calibrate
+    (float graph, streaming stats) -> re-plan with statistics (masks stay float) -> clipping ranges
+    -> scales / zero points -> emit QDQ (-> bias correction) -> check -> fidelity + per-layer SQNR report
+    -> artifact folder (atomic; llvm targets: + TVM build of model.so, checked against onnxruntime)
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
             raise QccError(f"target {target!r} builds a library (model.so): give an output folder")
         from .backends import tvm as tvm_backend
 
+        schemes = {config.scheme, *(v for v in config.overrides.values() if v != "float")}
+        unsupported = sorted(sch for sch in schemes if sch.startswith("fp8") or sch == "w4a8")
+        if unsupported:  # refuse before calibrating, not after
+            raise QccError(f"target {target!r} lowers int8 schemes only; {', '.join(unsupported)} needs "
+                           "--target onnx in this version (TVM 0.27 cannot import FP8 zero points or int4)")
         tvm_target = tvm_backend.detect_target(kind="llvm", mcpu=mcpu)
         log(f"TVM target: {tvm_target}")
     timings: dict[str, float] = {}
@@ -88,26 +94,7 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
                            f"{len(next(iter(eval_data.values())))} samples")
     float_proto = ir.to_proto(ir_model)
     source_bytes = float_proto.ByteSize()
-    if "equalization" in config.passes:
-        t_eq = time.perf_counter()
-        pairs = find_pairs(ir_model)
-        summary = equalize(ir_model, measure_preactivation_max(float_proto, pairs, calib), pairs)
-        # calibration, bias correction and the report (per-layer SQNR matches tensors by name) see the
-        # equalized graph; its outputs equal the original's (tests/test_pass_equalization.py)
-        float_proto = ir.to_proto(ir_model)
-        timings["equalization_s"] = time.perf_counter() - t_eq
-        log(f"equalization: {summary['channels_scaled']}/{summary['channels']} channels in "
-            f"{summary['pairs']} conv pairs")
-    if "smoothing" in config.passes:
-        t_sm = time.perf_counter()
-        # duplicate=True: in a post-LN BERT the residual Add reads every LN output, so the MatMuls get
-        # a smoothed copy of the LN and the residual keeps the original - exact, one extra LN a site
-        sites, skipped = find_sites(ir_model, duplicate=True)
-        summary = smooth(ir_model, collect_stats(float_proto, sites, calib), sites)
-        float_proto = ir.to_proto(ir_model)
-        timings["smoothing_s"] = time.perf_counter() - t_sm
-        log(f"smoothing: {summary['smoothed']}/{summary['sites']} LayerNorm sites "
-            f"({summary['duplicated']} through a LayerNorm copy)")
+    float_proto = rewrite(ir_model, float_proto, config, calib, timings, log)
 
     t = time.perf_counter()
     draft = build_plan(ir_model, config)
@@ -163,6 +150,32 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
 
         out_dir = write_artifact(Path(out_dir), force, writer)
     return CompileResult(qdq_proto, float_proto, plan, report, manifest, Path(out_dir) if out_dir else None)
+
+
+def rewrite(ir_model: ir.Model, float_proto: onnx.ModelProto, config: QuantConfig, calib, timings: dict,
+            log) -> onnx.ModelProto:
+    """The equivalence-preserving rewrites chosen in config.passes, applied to the float graph before
+    calibration, so statistics, bias correction and the report all see the rewritten graph (its
+    outputs equal the original's: tests/test_pass_*.py). Returns the rewritten float graph."""
+    if "equalization" in config.passes:
+        t = time.perf_counter()
+        pairs = find_pairs(ir_model)
+        summary = equalize(ir_model, measure_preactivation_max(float_proto, pairs, calib), pairs)
+        float_proto = ir.to_proto(ir_model)
+        timings["equalization_s"] = time.perf_counter() - t
+        log(f"equalization: {summary['channels_scaled']}/{summary['channels']} channels in "
+            f"{summary['pairs']} conv pairs")
+    if "smoothing" in config.passes:
+        t = time.perf_counter()
+        # duplicate=True: in a post-LN BERT the residual Add reads every LN output, so the MatMuls get
+        # a smoothed copy of the LN and the residual keeps the original - exact, one extra LN a site
+        sites, _ = find_sites(ir_model, duplicate=True)
+        summary = smooth(ir_model, collect_stats(float_proto, sites, calib), sites)
+        float_proto = ir.to_proto(ir_model)
+        timings["smoothing_s"] = time.perf_counter() - t
+        log(f"smoothing: {summary['smoothed']}/{summary['sites']} LayerNorm sites "
+            f"({summary['duplicated']} through a LayerNorm copy)")
+    return float_proto
 
 
 def build_tvm(qdq_proto: onnx.ModelProto, tvm_target: dict, folder: Path, calib, eval_data, log) -> dict:
