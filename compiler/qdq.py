@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from .initializers import add_initializer
 from .plan import QuantPlan
 from .qparams import quantize_values, weight_scales
 from .qtypes import QType
@@ -35,7 +36,7 @@ def emit_qdq(model: ir.Model, plan: QuantPlan, power_of_two: bool = False) -> di
             scale = weight_scales(array, spec.qtype, spec.axis, power_of_two)
             q = quantize_values(array, scale, 0, spec.qtype, spec.axis, narrow=not spec.qtype.is_float)
             zp = np.zeros(scale.shape, dtype=spec.qtype.numpy_dtype)
-            q_val = _init(graph, f"{w.name}_quantized", q, spec.qtype.ir_dtype)
+            q_val = add_initializer(graph, f"{w.name}_quantized", q, spec.qtype.ir_dtype)
             weight_dq[key] = _dequantize(graph, q_val, scale, zp, spec.qtype, spec.axis, before=spec.node,
                                          name=f"{w.name}_dq")
             encodings[w.name] = {"kind": "weight", "dtype": spec.qtype.value, "axis": spec.axis,
@@ -50,7 +51,7 @@ def emit_qdq(model: ir.Model, plan: QuantPlan, power_of_two: bool = False) -> di
         scale = (np.float32(act.scale) * s_w).astype(np.float32)
         bias = b.const_value.numpy().astype(np.float32)
         q = quantize_values(bias, scale, 0, QType.INT32, 0 if scale.ndim else None)
-        q_val = _init(graph, f"{b.name}_quantized", q, ir.DataType.INT32)
+        q_val = add_initializer(graph, f"{b.name}_quantized", q, ir.DataType.INT32)
         dq = _dequantize(graph, q_val, scale, np.zeros(scale.shape, np.int32), QType.INT32,
                          0 if scale.ndim else None, before=spec.node, name=f"{b.name}_dq")
         spec.node.replace_input_with(spec.index, dq)
@@ -68,8 +69,8 @@ def emit_qdq(model: ir.Model, plan: QuantPlan, power_of_two: bool = False) -> di
         qtype = spec.qtype
         scale = np.array(spec.scale, dtype=np.float32)
         zp = np.array(spec.zero_point, dtype=qtype.numpy_dtype)
-        s_val = _init(graph, f"{name}_scale", scale, ir.DataType.FLOAT)
-        z_val = _init(graph, f"{name}_zero_point", zp, qtype.ir_dtype)
+        s_val = add_initializer(graph, f"{name}_scale", scale, ir.DataType.FLOAT)
+        z_val = add_initializer(graph, f"{name}_zero_point", zp, qtype.ir_dtype)
         q_node = ir.Node("", "QuantizeLinear", [value, s_val, z_val], name=f"{name}_QuantizeLinear")
         q_node.outputs[0].name = f"{name}_quantized"
         dq_node = ir.Node("", "DequantizeLinear", [q_node.outputs[0], s_val, z_val], name=f"{name}_DequantizeLinear")
@@ -91,19 +92,12 @@ def _value_map(model: ir.Model) -> dict[str, ir.Value]:
     return values
 
 
-def _init(graph: ir.Graph, name: str, array: np.ndarray, dtype: ir.DataType) -> ir.Value:
-    while name in graph.initializers:
-        name += "_"
-    tensor = ir.tensor(array, dtype=dtype, name=name)
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(dtype), const_value=tensor)
-    graph.register_initializer(value)
-    return value
 
 
 def _dequantize(graph: ir.Graph, q_val: ir.Value, scale: np.ndarray, zp: np.ndarray, qtype: QType,
                 axis: int | None, before: ir.Node, name: str) -> ir.Value:
-    s_val = _init(graph, f"{name}_scale", np.asarray(scale, np.float32), ir.DataType.FLOAT)
-    z_val = _init(graph, f"{name}_zero_point", zp, qtype.ir_dtype)
+    s_val = add_initializer(graph, f"{name}_scale", np.asarray(scale, np.float32), ir.DataType.FLOAT)
+    z_val = add_initializer(graph, f"{name}_zero_point", zp, qtype.ir_dtype)
     attrs = {"axis": ir.AttrInt64("axis", axis)} if axis is not None and np.ndim(scale) > 0 else {}
     node = ir.Node("", "DequantizeLinear", [q_val, s_val, z_val], attributes=attrs, name=f"{name}_DequantizeLinear")
     node.outputs[0].name = name

@@ -29,6 +29,7 @@ import onnx
 import onnx_ir as ir
 
 from ..backends import onnxruntime as ort_backend
+from ..initializers import add_initializer
 
 
 def bias_site(node: ir.Node, roles: dict[str, str]) -> tuple[ir.Node, str, int] | None:
@@ -138,10 +139,7 @@ def apply_shift(model: ir.Model, roles: dict[str, str], shifts: dict[str, np.nda
             bias = holder.inputs[index].const_value.numpy().astype(np.float32)
         if bias.shape != delta.shape:
             continue
-        name = f"{holder.name}.bias_corrected"
-        value = ir.Value(name=name, shape=ir.Shape(bias.shape), type=ir.TensorType(ir.DataType.FLOAT),
-                         const_value=ir.tensor(bias - delta, name=name))
-        model.graph.register_initializer(value)
+        value = add_initializer(model.graph, f"{holder.name}.bias_corrected", (bias - delta).astype(np.float32))
         if holder is node and len(node.inputs) < 3:
             node.resize_inputs(3)
         holder.replace_input_with(index, value)

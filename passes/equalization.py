@@ -50,6 +50,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from ..initializers import add_initializer
+
 from ..backends import onnxruntime as ort_backend
 
 ITERATIONS = 8
@@ -164,10 +166,10 @@ def equalize(model: ir.Model, preact_max: dict[str, np.ndarray] | None = None, p
     for key in changed:
         conv = nodes[key]
         base = conv.name or conv.outputs[0].name
-        conv.replace_input_with(1, _initializer(model.graph, f"{base}.weight_equalized",
+        conv.replace_input_with(1, add_initializer(model.graph, f"{base}.weight_equalized",
                                                 weights[key].astype(np.float32)))
         if biases[key] is not None:
-            conv.replace_input_with(2, _initializer(model.graph, f"{base}.bias_equalized",
+            conv.replace_input_with(2, add_initializer(model.graph, f"{base}.bias_equalized",
                                                     biases[key].astype(np.float32)))
     return {"pairs": len(pairs), "relu_pairs": sum(p.clip_hi is None for p in pairs),
             "clip_pairs": sum(p.clip_hi is not None for p in pairs),
@@ -204,12 +206,3 @@ def _clip_bounds(clip: ir.Node) -> tuple[float, float] | None:
                 vals.append(float(v.const_value.numpy()))
         lo, hi = vals
     return (lo, hi) if np.isfinite(hi) else (lo, np.inf) if lo == 0.0 else None
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    while name in graph.initializers:
-        name += "_"
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.FLOAT),
-                     const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value

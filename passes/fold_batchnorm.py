@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from ..initializers import add_initializer
+
 
 def fold_batchnorm(model: ir.Model) -> int:
     graph = model.graph
@@ -51,8 +53,8 @@ def fold_batchnorm(model: ir.Model) -> int:
         new_w = (weight.astype(np.float64) * k.reshape(shape)).astype(np.float32)
         new_b = (k * (bias.astype(np.float64) - mean) + beta).astype(np.float32)
 
-        w_val = _initializer(graph, f"{conv.name or conv.outputs[0].name}.weight_bnfolded", new_w)
-        b_val = _initializer(graph, f"{conv.name or conv.outputs[0].name}.bias_bnfolded", new_b)
+        w_val = add_initializer(graph, f"{conv.name or conv.outputs[0].name}.weight_bnfolded", new_w)
+        b_val = add_initializer(graph, f"{conv.name or conv.outputs[0].name}.bias_bnfolded", new_b)
         new_conv = ir.Node(conv.domain, conv.op_type, [conv.inputs[0], w_val, b_val],
                            attributes=list(conv.attributes.values()), name=conv.name, num_outputs=1)
         new_conv.meta["folded_bn"] = {"gamma": gamma, "beta": beta, "mean": mean, "var": var, "eps": eps}
@@ -71,12 +73,3 @@ def _const(value: ir.Value | None):
     if value is None or value.const_value is None:
         return None
     return value.const_value.numpy()
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    while name in graph.initializers:
-        name += "_"
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.FLOAT),
-                     const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value

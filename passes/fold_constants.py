@@ -21,6 +21,8 @@ import onnx
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
+from ..initializers import add_initializer
+
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
                      "Bernoulli", "Dropout"}
 
@@ -51,11 +53,7 @@ def fold_constants(model: ir.Model, max_elements: int = 1 << 22) -> int:
             value = np.asarray(value)
             name = out.name
             out.name = f"{name}__folded"  # frees the name for the initializer that replaces it
-            const = ir.Value(name=name, shape=ir.Shape(value.shape),
-                             type=ir.TensorType(ir.DataType.from_numpy(value.dtype)),
-                             const_value=ir.tensor(value, name=name))
-            out.replace_all_uses_with(const, replace_graph_outputs=True)
-            graph.register_initializer(const)
+            out.replace_all_uses_with(add_initializer(graph, name, value), replace_graph_outputs=True)
         graph.remove(node, safe=True)
         folded += 1
     return folded

@@ -48,6 +48,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from ..initializers import add_initializer
+
 from ..backends import onnxruntime as ort_backend
 from ..qparams import (
     dequantize_values,
@@ -186,10 +188,10 @@ def _rewrite(graph: ir.Graph, site: Site, s: np.ndarray, weights: list[np.ndarra
     ln = site.ln
     base = ln.name or ln.outputs[0].name
     gamma = ln.inputs[1].const_value.numpy().astype(np.float32)
-    new_inputs = [ln.inputs[0], _initializer(graph, f"{base}.scale_smoothed", (gamma / s).astype(np.float32))]
+    new_inputs = [ln.inputs[0], add_initializer(graph, f"{base}.scale_smoothed", (gamma / s).astype(np.float32))]
     if len(ln.inputs) > 2 and ln.inputs[2] is not None:
         beta = ln.inputs[2].const_value.numpy().astype(np.float32)
-        new_inputs.append(_initializer(graph, f"{base}.bias_smoothed", (beta / s).astype(np.float32)))
+        new_inputs.append(add_initializer(graph, f"{base}.bias_smoothed", (beta / s).astype(np.float32)))
     if site.others or ln.outputs[0].is_graph_output():
         # the residual path keeps the original LN; the MatMuls read a smoothed copy
         copy = ir.Node(ln.domain, "LayerNormalization", new_inputs, list(ln.attributes.values()),
@@ -205,7 +207,7 @@ def _rewrite(graph: ir.Graph, site: Site, s: np.ndarray, weights: list[np.ndarra
             ln.replace_input_with(i, v)
     for mm, w in zip(site.matmuls, weights):
         name = f"{mm.name or mm.outputs[0].name}.weight_smoothed"
-        mm.replace_input_with(1, _initializer(graph, name, (w * s[:, None]).astype(np.float32)))
+        mm.replace_input_with(1, add_initializer(graph, name, (w * s[:, None]).astype(np.float32)))
 
 
 def _ln_width(ln: ir.Node) -> int | None:
@@ -231,12 +233,3 @@ def _const_weight(mm: ir.Node, k: int) -> bool:
     w = mm.inputs[1] if len(mm.inputs) > 1 else None
     return w is not None and w.const_value is not None and tuple(w.const_value.shape)[:1] == (k,) \
         and len(w.const_value.shape) == 2
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    while name in graph.initializers:
-        name += "_"
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.FLOAT),
-                     const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
