@@ -63,8 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                    help=f"an .onnx file or a model-zoo name (default: {DEFAULT_MODEL}, the bundled Fashion-MNIST CNN)")
     c.add_argument("--target", default="onnx", choices=TARGETS,
-                   help="onnx: QDQ ONNX run by onnxruntime; llvm / x86-64: integer code built by TVM (model.so)")
-    c.add_argument("--mcpu", help="LLVM CPU for llvm targets (default: detected from this host's CPU flags)")
+                   help="onnx: QDQ ONNX run by onnxruntime; llvm / x86-64: integer code built by TVM (model.so); "
+                        "aarch64 / c / hexagon: cross builds for edge boards and DSPs (docs/targets.md); "
+                        "cuda: NVIDIA GPUs, with --arch (docs/cuda_fp8.md)")
+    c.add_argument("--mcpu", help="LLVM CPU for llvm targets (default: detected from this host's CPU flags); "
+                   "aarch64 presets cortex-a76 (default), cortex-a55 (+dotprod), cortex-a53 (NEON); hexagon: hexagonv68")
+    c.add_argument("--mattr", metavar="FEATURES",
+                   help="aarch64 only: comma-separated LLVM features replacing the preset's, e.g. "
+                        "--mattr=+neon,-dotprod")
+    c.add_argument("--arch", choices=("sm_80", "sm_86", "sm_89", "sm_90"),
+                   help="cuda only (required): the GPU architecture; FP8 schemes need sm_89 or sm_90 (docs/cuda_fp8.md)")
     c.add_argument("--calib", help="calibration .npz (keys = input names, axis 0 = samples); zoo models bring their own")
     c.add_argument("--eval", dest="eval_path", help="evaluation .npz: adds FP32-vs-quantized fidelity to the report")
     c.add_argument("--labels", help=".npy of integer labels for the evaluation set (adds accuracy)")
@@ -75,7 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration", default="mse", choices=CALIBRATIONS)
     c.add_argument("--percentile", type=float, default=99.999)
     c.add_argument("--passes", default="bias-correction",
-                   help="comma-separated graph passes: bias-correction, equalization, smoothing (or none); default: bias-correction")
+                   help="comma-separated graph passes: bias-correction, equalization, smoothing, "
+                        "affinequant, repquant, repquant-softmax, crossquant, bias-correction-analytic, noisyquant, "
+                        "adaround, mixed-precision (or none); default: bias-correction")
+    c.add_argument("--weight-budget", type=float, default=0.6,
+                   help="mixed-precision pass: weight bytes as a fraction of int8 weight bytes (default 0.6)")
     c.add_argument("--power-of-two", action="store_true", help="round scales up to powers of two")
     c.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OP|/REGEX/",
                    help="keep these nodes float: node names, op types, or /regex/ on node names")
@@ -102,7 +114,61 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("artifact")
     i.add_argument("--json", action="store_true", help="print the layer rows as JSON lines")
     i.set_defaults(func=_inspect)
+
+    t = sub.add_parser("tune", help="search quantization configs (Quantune: XGBoost-guided) and export the best")
+    t.add_argument("model", help="an .onnx file or a model-zoo name")
+    t.add_argument("--target", default="onnx", choices=TARGETS)
+    t.add_argument("--mcpu", help="LLVM CPU for llvm targets")
+    t.add_argument("--calib", help="calibration .npz (zoo models bring their own)")
+    t.add_argument("--eval", dest="eval_path", help="evaluation .npz (default: the calibration set, or the zoo's)")
+    t.add_argument("--labels", help=".npy of integer labels for the evaluation set: loss = accuracy points lost")
+    t.add_argument("--max-loss", type=float, default=float("inf"),
+                   help="loss budget a config must meet to be exported (accuracy points with labels, else points "
+                        "of confident top-1 disagreement with FP32; see docs/autotune.md)")
+    t.add_argument("--loss", default="auto", choices=["auto", "accuracy", "disagreement", "kl", "cosine"])
+    t.add_argument("--budget", type=int, default=20, help="number of trials (default 20)")
+    t.add_argument("--objective", default="accuracy", choices=["accuracy", "size", "latency"])
+    t.add_argument("--searcher", default="quantune", choices=["quantune", "grid", "random", "genetic"])
+    t.add_argument("--workers", type=int, default=1, help="local worker processes evaluating trials in parallel")
+    t.add_argument("--ray", dest="ray_address", metavar="ADDRESS",
+                   help="run trials on a Ray cluster (ADDRESS, 'auto', or 'local' for a local instance)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--transfer", nargs="+", default=[], metavar="JOURNAL",
+                   help="journals (or tune folders) of earlier runs to warm-start the cost model")
+    t.add_argument("--space", nargs="+", default=[], metavar="DIM=V1,V2",
+                   help="restrict a search dimension (e.g. pass:adaround=false scheme=int8,int8-sym); "
+                        "DIM= with no values drops it")
+    t.add_argument("-o", "--output", required=True, help="tuning folder: journal.jsonl, best/, report.html")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_tune)
     return p
+
+
+def _tune(args) -> int:
+    from .autotune.tune import tune
+
+    args.force = False
+    model, calib, eval_data, labels = _resolve_inputs(args)
+    restrict = {}
+    for item in args.space:
+        if "=" not in item:
+            raise QccError(f"--space expects DIM=V1,V2, got {item!r}")
+        dim, values = item.split("=", 1)
+        restrict[dim] = [_space_value(v) for v in values.split(",") if v]
+    log = (lambda m: None) if args.quiet else (lambda m: print(f"qcc: {m}", file=sys.stderr))
+    summary = tune(model, calib, eval_data, labels, out=args.output, target=args.target, max_loss=args.max_loss,
+                   budget=args.budget, objective=args.objective, searcher=args.searcher, workers=args.workers,
+                   ray_address=args.ray_address, seed=args.seed, loss=args.loss, transfer=args.transfer,
+                   restrict=restrict, mcpu=args.mcpu, log=log)
+    print(json.dumps({k: summary[k] for k in ("trials", "best", "default_config", "artifact")}, default=str))
+    return 0
+
+
+def _space_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _compile(args) -> int:
@@ -117,14 +183,15 @@ def _compile(args) -> int:
         overrides[k] = v
     config = QuantConfig(scheme=args.scheme, granularity=args.granularity, calibration=args.calibration,
                          percentile=args.percentile, power_of_two=args.power_of_two, exclude=list(args.exclude),
-                         overrides=overrides,
+                         overrides=overrides, weight_budget=args.weight_budget,
                          passes=[p for p in args.passes.split(",") if p and p != "none"])
     model, calib, eval_data, labels = _resolve_inputs(args)
     progress = not args.quiet and sys.stderr.isatty()
     log = (lambda m: None) if args.quiet else (lambda m: print(f"qcc: {m}", file=sys.stderr))
     t0 = time.perf_counter()
     result = compile_model(model, calib, config=config, target=args.target, eval_data=eval_data, labels=labels,
-                           out_dir=args.output, force=args.force, progress=progress, mcpu=args.mcpu, log=log)
+                           out_dir=args.output, force=args.force, progress=progress, mcpu=args.mcpu, log=log,
+                           mattr=[f for f in args.mattr.split(",") if f] if args.mattr else None, arch=args.arch)
     if not args.quiet:
         _summary(result.report, result.out_dir, time.perf_counter() - t0)
     return 0
@@ -184,7 +251,8 @@ def _summary(report: dict, out_dir, seconds: float) -> None:
         print(f"  TVM {backend['target']}: built in {backend['build_s']:.1f} s, integer ops "
               f"{sum(backend['integer_ops'].values())}, float fallbacks {len(backend['float_fallback'])}")
         for name, e in backend.get("exactness", {}).items():
-            print(f"  {name:<16} model.so vs onnxruntime: {100 * e['within_step']:.2f}% of elements within one step "
+            built = backend.get("files", {}).get("library") or backend.get("files", {}).get("c_source") or "build"
+            print(f"  {name:<16} {built} vs onnxruntime: {100 * e['within_step']:.2f}% of elements within one step "
                   f"(onnxruntime fused vs unfused: {100 * e['ort_fused_vs_unfused_within_step']:.2f}%)")
     worst = sorted((r for r in report["layers"] if "sqnr_db" in r), key=lambda r: r["sqnr_db"])[:3]
     if worst:

@@ -20,7 +20,11 @@ SCHEMES: dict[str, tuple[QType, bool, QType]] = {
 }
 GRANULARITIES = ("per-channel", "per-tensor")
 CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
-PASSES = ("bias-correction", "equalization", "smoothing")
+PASSES = (
+    "bias-correction", "bias-correction-analytic",          # CNN: bias correction (empirical, from BN stats)
+    "equalization", "noisyquant", "adaround", "mixed-precision",  # CLE, noise bias, W4 rounding, 4/8 bits
+    "smoothing", "affinequant", "repquant", "repquant-softmax", "crossquant",  # transformers, rewrite order
+)
 
 
 @dataclass
@@ -37,6 +41,7 @@ class QuantConfig:
     calib_memory_mb: int = 512                         # bound on activations held for one batch
     mask_threshold: float = 1e4                        # |values| beyond this mark an additive-mask sentinel
     passes: list[str] = field(default_factory=lambda: ["bias-correction"])
+    weight_budget: float = 0.6                         # mixed-precision: weight bytes / int8 weight bytes
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -50,6 +55,8 @@ class QuantConfig:
         for name in self.passes:
             if name not in PASSES:
                 raise QccError(f"unknown pass {name!r}; choose from {', '.join(PASSES)}")
+        if not 0.0 < self.weight_budget <= 1.0:
+            raise QccError(f"weight budget must be in (0, 1] (a fraction of the int8 weight bytes), got {self.weight_budget}")
         for tensor, scheme in self.overrides.items():
             if scheme != "float" and scheme not in SCHEMES:
                 raise QccError(f"override for {tensor!r}: unknown scheme {scheme!r}")

@@ -20,6 +20,22 @@ Application edits biases of the float graph before it is quantized again.
 
 Pattern: Conv / ConvTranspose (bias input 2, created when absent), Gemm with a 1-D bias, and the
 bias Add after a MatMul. Check: the layer's output is a float tensor with a known channel axis.
+
+Analytic variant for BN-folded producers (the paper's section 4.2 proper, `analytic_shift`): with
+eps = W_hat - W the weight quantization error, the mean output error of a layer is
+
+    delta_o = E[(eps x)_o] = sum_{c, k} eps[o, c, k] E[x_c]     (zero padding ignored)
+
+and E[x_c] follows from the BatchNorm folded into the conv producing x: its pre-activation is modelled
+as y_c ~ N(beta_c, gamma_c^2) (folded_bn statistics, kept in node.meta by passes/fold_batchnorm.py and
+rescaled by equalization). With a = -beta_c / |gamma_c|, b = (hi - beta_c) / |gamma_c|, phi / Phi the
+standard normal pdf / cdf, a clipped normal x_c = clip(y_c, 0, hi) has
+
+    E[x_c] = beta_c (Phi(b) - Phi(a)) + |gamma_c| (phi(a) - phi(b)) + hi (1 - Phi(b))
+
+(hi = inf: Relu, E = beta Phi(-a) + |gamma| phi(a); no activation: E = beta). Pattern: a Conv / Gemm
+whose input is [Relu | Clip(0, hi)] of a BN-folded Conv (Gemm via Flatten is not matched: the
+GlobalAveragePool between changes the distribution). No data is read.
 """
 
 from __future__ import annotations
@@ -145,3 +161,76 @@ def apply_shift(model: ir.Model, roles: dict[str, str], shifts: dict[str, np.nda
         holder.replace_input_with(index, value)
         changed += 1
     return changed
+
+
+def clipped_normal_mean(mu: np.ndarray, sigma: np.ndarray, hi: float = np.inf) -> np.ndarray:
+    """E[clip(y, 0, hi)] for y ~ N(mu, sigma^2), elementwise; sigma = 0 gives clip(mu, 0, hi)."""
+    from math import erf, sqrt
+
+    mu, sigma = np.asarray(mu, np.float64), np.abs(np.asarray(sigma, np.float64))
+    cdf = np.vectorize(lambda z: 0.5 * (1.0 + erf(z / sqrt(2.0))), otypes=[np.float64])
+    pdf = lambda z: np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi)
+    safe = np.where(sigma > 0, sigma, 1.0)
+    a = -mu / safe
+    mean = mu * (1.0 - cdf(a)) + sigma * pdf(a)
+    if np.isfinite(hi):
+        b = (hi - mu) / safe
+        mean = mu * (cdf(b) - cdf(a)) + sigma * (pdf(a) - pdf(b)) + hi * (1.0 - cdf(b))
+    return np.where(sigma > 0, mean, np.clip(mu, 0.0, hi))
+
+
+def input_mean(node: ir.Node) -> np.ndarray | None:
+    """E[x_c] of a layer's input x under the folded-BN model, or None when x is not [act of] a BN-folded Conv."""
+    from .equalization import _clip_bounds
+
+    src = node.inputs[0].producer()
+    hi = None
+    if src is not None and src.op_type in ("Relu", "Clip"):
+        if src.op_type == "Clip":
+            bounds = _clip_bounds(src)
+            if bounds is None or bounds[0] != 0.0:
+                return None
+            hi = bounds[1]
+        else:
+            hi = np.inf
+        src = src.inputs[0].producer()
+    if src is None or src.op_type != "Conv" or "folded_bn" not in src.meta:
+        return None
+    bn = src.meta["folded_bn"]
+    if hi is None:
+        return np.asarray(bn["beta"], np.float64)
+    return clipped_normal_mean(bn["beta"], bn["gamma"], hi)
+
+
+def analytic_shift(model: ir.Model, plan, power_of_two: bool = False) -> dict[str, np.ndarray]:
+    """delta_o = sum eps[o, c, k] E[x_c] for every quantized Conv / Gemm whose input mean is known
+    (`input_mean`); eps from the weights exactly as compiler/qdq.py will quantize them."""
+    from ..qparams import dequantize_values, quantize_values, weight_scales
+
+    shifts: dict[str, np.ndarray] = {}
+    for spec in plan.weights:
+        node = spec.node
+        if node.op_type not in ("Conv", "Gemm") or spec.qtype.is_float or bias_site(node, plan.roles) is None:
+            continue
+        mean = input_mean(node)
+        if mean is None:
+            continue
+        w = node.inputs[spec.index].const_value.numpy().astype(np.float32)
+        scale = weight_scales(w, spec.qtype, spec.axis, power_of_two)
+        w_hat = dequantize_values(quantize_values(w, scale, 0, spec.qtype, spec.axis, narrow=True), scale, 0, spec.axis)
+        eps = (w_hat.astype(np.float64) - w)
+        if node.op_type == "Conv":
+            group = node.attributes.get_int("group", 1)
+            cin_g, cout_g = w.shape[1], w.shape[0] // group
+            if mean.shape[0] != cin_g * group:
+                continue
+            # input channel of weight [o, j] is (o // cout_g) * cin_g + j
+            m = mean.reshape(group, cin_g)[np.arange(w.shape[0]) // cout_g]          # [C_out, cin_g]
+            delta = (eps.reshape(w.shape[0], cin_g, -1).sum(-1) * m).sum(1)
+        else:
+            e = eps.T if node.attributes.get_int("transB", 0) else eps                # [K, N]
+            if mean.shape[0] != e.shape[0]:
+                continue
+            delta = mean @ e
+        shifts[node.outputs[0].name] = delta.astype(np.float32)
+    return shifts

@@ -321,9 +321,9 @@ def test_cli_bench_prints_one_json_line(default_artifact):
     assert proc.returncode == 2 and "--runs" in proc.stderr
 
 
-def test_llvm_target_refuses_fp8_before_calibrating(tmp_path, calib_npz, fashion_paths):
+def test_llvm_target_refuses_w4a8_before_calibrating(tmp_path, calib_npz, fashion_paths):
     proc = qcc_cli("compile", fashion_paths[0], "--calib", calib_npz[0], "-o", tmp_path / "a", "--target", "llvm",
-                   "--scheme", "fp8-e4m3")
-    assert proc.returncode == 2 and "fp8-e4m3" in proc.stderr and "--target onnx" in proc.stderr
+                   "--scheme", "w4a8")
+    assert proc.returncode == 2 and "w4a8" in proc.stderr and "--target onnx" in proc.stderr
     assert "calibrat" not in proc.stderr  # refused up front
     assert not (tmp_path / "a").exists()

@@ -142,3 +142,44 @@ def test_mobilenetv2_equivalent_on_real_crops():
     assert summary["clip_pairs"] >= 30 and summary["channels_scaled"] > summary["channels"] // 2, summary
     ref = run(proto, e.eval)[0]
     assert max_rel_err(ref, run(ir.to_proto(model), e.eval)[0]) <= 1e-4
+
+
+def test_search_exact_and_never_worse_than_unchanged():
+    """Scale search (the compiler's mode): the float graph stays exact, each pair's chosen alpha has the
+    smallest quantized pair error (alpha = 0, unchanged, among the candidates), and on this unbalanced chain
+    it moves away from the identity."""
+    rng = np.random.default_rng(4)
+    proto = _chain("Clip", rng, hi=6.0)
+    x = rng.standard_normal((16, 8, 6, 6)).astype(np.float32)
+    model = ir.serde.deserialize_model(proto)
+    pairs = eq.find_pairs(model)
+    maxes = eq.measure_preactivation_max(proto, pairs, {"x": x})
+    inputs = eq.capture_pair_inputs(proto, pairs, {"x": x}, n_samples=8)
+    first = pairs[0]
+    w1, w2 = (c.inputs[1].const_value.numpy().astype(np.float64) for c in (first.conv1, first.conv2))
+    b1, b2 = (c.inputs[2].const_value.numpy().astype(np.float64) for c in (first.conv1, first.conv2))
+    idx2 = eq._input_channel_index(w2, 16)
+    r1, r2 = np.abs(w1).reshape(16, -1).max(1), np.abs(w2).reshape(16, -1).max(1)
+    allowed = lambda s: np.where((maxes[first.preact] <= 0.7 * 6) & (maxes[first.preact] / s <= 0.7 * 6), s, 1.0)
+    errs = eq.pair_error(first, inputs["x"], w1, b1, w2, b2, idx2, [allowed((r1 / r2) ** a) for a in eq.ALPHAS], False)
+    summary = eq.equalize(model, maxes, pairs, inputs=inputs)
+    assert summary["alphas"][0] == eq.ALPHAS[int(np.argmin(errs))] and min(errs) < errs[0]
+    assert summary["alphas"][0] != 0.0 and summary["convs_changed"] >= 2
+    new = ir.to_proto(model)
+    x2 = rng.standard_normal((16, 8, 6, 6)).astype(np.float32)
+    assert max_rel_err(run(proto, {"x": x2})[0], run(new, {"x": x2})[0]) <= 1e-5
+
+
+def test_folded_bn_statistics_follow_the_scale():
+    """Analytic bias correction reads the folded BN statistics: equalization divides beta, gamma by s."""
+    rng = np.random.default_rng(5)
+    proto = _chain("Relu", rng)
+    model = ir.serde.deserialize_model(proto)
+    c1 = next(n for n in model.graph if n.name == "c1")
+    beta, gamma = rng.standard_normal(16), rng.uniform(0.5, 2, 16)
+    c1.meta["folded_bn"] = {"beta": beta, "gamma": gamma, "mean": np.zeros(16), "var": np.ones(16), "eps": 1e-5}
+    w_before = c1.inputs[1].const_value.numpy().copy()
+    eq.equalize(model, iterations=1)
+    s = np.abs(w_before).reshape(16, -1).max(1) / np.abs(c1.inputs[1].const_value.numpy()).reshape(16, -1).max(1)
+    np.testing.assert_allclose(c1.meta["folded_bn"]["beta"], beta / s, rtol=1e-5)
+    np.testing.assert_allclose(c1.meta["folded_bn"]["gamma"], gamma / s, rtol=1e-5)

@@ -132,6 +132,30 @@ def test_emitted_requantization_is_bit_exact_vs_numpy(target, dtype, z_y):
     assert np.array_equal(got[:, 0].astype(np.int64), np.clip(np.round(acc[:, 0] / 2) + z_y, lo, hi))
 
 
+@pytest.mark.parametrize("dtype,z_y", [("uint8", 117), ("int8", -3)])
+def test_emitted_float_requantization_is_bit_exact_vs_numpy(target, dtype, z_y):
+    """One term, int32 bias, no real offset: the float32 (MLAS-order) requantize; the TVM build
+    equals its numpy twin bit for bit, ties (channel 0: acc odd, m = 1/2) round half to even."""
+    C = 7
+    acc = RNG.integers(-(2**24), 2**24, size=(3, C, 5, 4)).astype(np.int32)
+    m = (10.0 ** RNG.uniform(-6, -3, size=C)).reshape(1, C, 1, 1)
+    s_y = 0.05
+    m[0, 0, 0, 0] = s_y * 0.5
+    acc[:, 0] = 2 * RNG.integers(-60, 60, size=acc[:, 0].shape) + 1
+    k = RNG.integers(-5000, 5000, size=(1, C, 1, 1))
+    k[0, 0, 0, 0] = 0
+    lo, hi = (z_y, 255) if dtype == "uint8" else (-128, 100)
+    got = _run_relax_requant(acc, m, s_y, z_y, dtype, lo, hi, k, None, target)
+    scale = fixedpoint.float_scale(m / s_y)
+    want = fixedpoint.requantize_float_reference(acc + k.astype(np.int32), scale, z_y, lo, hi)
+    assert got.dtype == np.dtype(dtype)
+    assert np.array_equal(got.astype(np.int64), want)
+    assert np.array_equal(got[:, 0].astype(np.int64), np.clip(np.round(acc[:, 0] / 2) + z_y, lo, hi))
+    # and within one step of the exact rational rounding of (acc + k) * m / s_y
+    exact = np.clip(np.round((acc.astype(np.float64) + k) * (m / s_y)) + z_y, lo, hi)
+    assert np.abs(got.astype(np.int64) - exact).max() <= 1
+
+
 # ------------------------------------------------------------------------------------------
 # targets
 # ------------------------------------------------------------------------------------------

@@ -1,11 +1,29 @@
-"""Fixed-point requantization: the integer arithmetic the TVM lowering emits, and its numpy twin.
+"""Requantization: the arithmetic the TVM lowering emits, and its numpy twins.
 
 A quantized layer produces an int32 accumulator ``acc`` whose real value is ``acc * m_in`` (for a
 convolution ``m_in = s_x * s_w[c]``). Its quantized output is
 
     q = clamp(round_half_even(acc * m) + zp_y, lo, hi)        with m = m_in / s_y
 
-(ONNX QuantizeLinear rounds half to even). ``m`` is a positive real; we write it as
+(ONNX QuantizeLinear rounds half to even). Two forms compute it.
+
+Float32 (one integer term, no real-valued offset: every conv / matmul / depthwise / mean layer), the
+order of operations of onnxruntime's MLAS requantize (MlasRequantizeOutput):
+
+    q = clamp(round_half_even(float32(acc + b) * float32(m)) + zp_y, lo, hi)
+
+with ``b`` the int32 bias (zero-point correction folded in), one rounding of the float32 product
+and the zero point added after rounding. The product is the last float operation before the
+rounding, so no target can contract it into an FMA, and TVM's round lowers to nearbyint on every
+target (x86 LLVM ``vroundps`` / aarch64 ``frinti`` in the current mode, ``nearbyintf`` in C and CUDA):
+round to nearest even in the default rounding mode, bit-identical across targets.
+
+``float32(acc + b)`` rounds accumulators beyond 2**24 (as MLAS does); the result stays within one
+step of the exact one.
+
+Fixed point (several terms sharing one output: an Add of two requantized inputs, or a real-valued
+offset; a float sum of products there could be contracted into FMAs differently per target).
+``m`` is a positive real; we write it as
 ``M * 2**-shift`` with a 31-bit integer ``M`` in [2**30, 2**31), so that for any int32 ``acc``
 the product ``acc * M`` fits in int64 and the relative error of ``m`` is below 2**-31 - far below
 float32's 2**-24. Then
@@ -83,6 +101,23 @@ def requantize_reference(acc, mult, shift, zp, lo, hi, offset=0) -> np.ndarray:
     """numpy twin of the emitted code: clamp(round_half_even((acc * M + B) / 2**shift) + zp, lo, hi)."""
     v = np.asarray(acc, dtype=np.int64) * np.asarray(mult, dtype=np.int64) + np.asarray(offset, dtype=np.int64)
     return np.clip(round_shift_half_even(v, shift) + np.int64(zp), lo, hi)
+
+
+def float_scale(m) -> np.ndarray:
+    """Real multipliers -> the float32 scales of the float requantize (one rounding from float64)."""
+    m = np.asarray(m, dtype=np.float64)
+    if np.any(~np.isfinite(m)) or np.any(m < 0):
+        raise ValueError(f"requantization multipliers must be finite and >= 0, got {m.ravel()[:4]}")
+    if np.any(m.astype(np.float32) > np.finfo(np.float32).max):
+        raise ValueError(f"requantization multiplier {float(m.max())} overflows float32")
+    return m.astype(np.float32)
+
+
+def requantize_float_reference(acc, scale, zp, lo, hi) -> np.ndarray:
+    """numpy twin of the float requantize: clamp(round_half_even(float32(acc) * scale) + zp, lo, hi)
+    for int32 ``acc`` (bias already added) and float32 ``scale``."""
+    f = np.asarray(acc, dtype=np.int32).astype(np.float32) * np.asarray(scale, dtype=np.float32)
+    return np.clip(np.round(f) + np.float32(zp), lo, hi).astype(np.int64)
 
 
 def quantize_scalar(x: float, scale: float, zp: int, lo: int, hi: int) -> int:

@@ -13,9 +13,10 @@ so all arithmetic runs in float. This pass walks the bindings of ``main`` and re
 
     acc = R.nn.conv2d(x_q, w_q, out_dtype="int32")         (uint8/int8 x int8 -> int32)
     acc = acc + (b_q - zp_x * sum(w_q))                     (int32 bias; zero point folded in)
-    y_q = clamp(round_half_even(acc * M >> shift) + zp_y, lo, hi)   (int64, fixedpoint.py)
+    y_q = clamp(round_half_even(float32(acc) * float32(m)) + zp_y, lo, hi)   (fixedpoint.py)
 
-with the activation folded into the clamp (Relu: lo = zp_y; Clip(a, b): lo/hi = Q(a)/Q(b)).
+with ``m = s_x * s_w[c] / s_y`` and the activation folded into the clamp (Relu: lo = zp_y; Clip(a, b):
+lo/hi = Q(a)/Q(b)); sums of several requantized terms (residual Add) use int64 fixed point instead.
 The float chain is left in place and removed by dead-code elimination. A float tensor known to be
 ``dequantize(int tensor)`` is a *view*; layout ops and max pooling of a view are views too, so
 ``Q(reshape(DQ(x)))`` with equal parameters becomes ``reshape(x)`` on integers. The value a rule
@@ -36,9 +37,13 @@ import numpy as np
 
 from . import compat
 from .compat import R, relax
-from .fixedpoint import common_shift_multipliers, offset_fixed, quantize_multiplier, quantize_scalar
+from .fixedpoint import (common_shift_multipliers, float_scale, offset_fixed, quantize_multiplier,
+                         quantize_scalar)
 
 QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+# Single-term requantize in float32, in the order of onnxruntime's MLAS (fixedpoint.py); False: int64
+# fixed point (31-bit multipliers) everywhere, ~2x the epilogue cost on CPU.
+FLOAT_REQUANTIZE = True
 
 # The rules of the rewrite, keyed by the Relax op TVM's frontend makes of each ONNX op. The dispatch
 # below reads these tables, and docs/operator_coverage.md is generated from them (coverage.py).
@@ -88,6 +93,9 @@ AFFINE_RULES = {
     "relax.concat": (("Concat",), "each input requantized to the output scale (a no-op when equal)"),
 }
 SHAPE_ONLY_DTYPES = {"int64", "int32", "bool"}
+# FP8 QDQ graphs: qcc's encode / decode calls (fp8.py); the ops between them compute in float
+FP8_OP_PREFIX = "call_tir:qcc_fp8_"
+FP8_FLOAT = "FP8 fake quantization: float compute between qcc's exact FP8 encode / decode"
 
 
 class NoMatch(Exception):
@@ -880,17 +888,23 @@ class Lowering:
                 for k in plan.kinds:
                     integer_ops[k] += 1
         fallback: Counter = Counter()
+        has_fp8 = any((compat.op_name(self.bindings[v]) or "").startswith(FP8_OP_PREFIX) for v in live)
         for var in self.order:
             if var not in live or var in self.plans:
                 continue
             val = self.bindings[var]
             name = compat.op_name(val)
             dt = compat.tensor_dtype(var)
+            if name is not None and name.startswith(FP8_OP_PREFIX):
+                # qcc's FP8 Q / DQ (fp8.py): exact integer bit code, reported as such
+                integer_ops["fp8_" + name.rsplit("_", 1)[1]] += 1
+                continue
             if name is None or dt is None or dt in SHAPE_ONLY_DTYPES or name in ("relax.dequantize", "relax.quantize"):
                 continue
             if dt in QRANGE or self.cval(var) is not None:
                 continue
-            why = self.reasons.get(var, "no integer lowering (runs in float between dequantize and quantize)")
+            why = self.reasons.get(var, FP8_FLOAT if has_fp8 else
+                                   "no integer lowering (runs in float between dequantize and quantize)")
             fallback[(name.replace("relax.", ""), why)] += 1
         fb = [{"op": op, "reason": why, "count": n} for (op, why), n in sorted(fallback.items())]
         return dict(sorted(integer_ops.items())), fb
@@ -902,13 +916,21 @@ def _int_const(a: np.ndarray, dtype: str):
 
 
 def requantizer(aff: Affine, s_y: float, z_y: int, dtype: str, lo: int, hi: int) -> Callable:
-    """The integer requantization of an affine sum, as an emit function (constants computed now,
-    so an unrepresentable multiplier is a NoMatch at planning time, not an error mid-rewrite):
+    """The requantization of an affine sum, as an emit function (constants computed now, so an
+    unrepresentable multiplier is a NoMatch at planning time, not an error mid-rewrite). One term
+    with an int32 constant and no real offset (float32, as MLAS):
+
+        clamp(round_half_even(float32(t + k) * float32(m / s_y)) + zp_y, lo, hi) -> dtype
+
+    otherwise (int64 fixed point):
 
         clamp(round_half_even((sum_i (t_i + k_i) * M_i + B) / 2**shift) + zp_y, lo, hi) -> dtype
     """
     rank = aff.rank
     ms = [_rank_array(t.m / s_y, rank) for t in aff.terms]
+    if (FLOAT_REQUANTIZE and len(aff.terms) == 1 and aff.offset is None
+            and np.all(np.abs(aff.terms[0].k) < 2**31)):
+        return _float_requantizer(aff.terms[0], ms[0], rank, z_y, dtype, lo, hi)
     try:
         if len(aff.terms) == 1:
             mult, shift = quantize_multiplier(ms[0])
@@ -950,6 +972,32 @@ def requantizer(aff: Affine, s_y: float, z_y: int, dtype: str, lo: int, hi: int)
         r = e.emit(R.right_shift(r, shift_c))
         if z_y:
             r = e.emit(R.add(r, compat.const(np.int64(z_y))))
+        r = e.emit(R.clip(r, lo, hi))
+        return R.astype(r, dtype)
+
+    return emit
+
+
+def _float_requantizer(t: Term, m: np.ndarray, rank: int, z_y: int, dtype: str, lo: int, hi: int) -> Callable:
+    """clamp(round_half_even(float32(t + k) * float32(m)) + zp_y, lo, hi) -> dtype (fixedpoint.py).
+    R.round lowers to nearbyint (round half to even in the default mode) on every target; the
+    zero point is added to the rounded value (exact in float32 wherever the clamp does not saturate)."""
+    try:
+        scale = float_scale(m)
+    except ValueError as exc:
+        raise NoMatch(str(exc)) from None
+    k = _rank_array(t.k, rank)
+
+    def emit(e):
+        x = e.emit(t.emit(e))
+        if compat.tensor_dtype(x) != "int32":
+            x = e.emit(R.astype(x, "int32"))
+        if np.any(k != 0):
+            x = e.emit(R.add(x, _int_const(k, "int32")))
+        f = e.emit(R.multiply(e.emit(R.astype(x, "float32")), compat.const(_trim(scale))))
+        r = e.emit(R.round(f))
+        if z_y:
+            r = e.emit(R.add(r, compat.const(np.float32(z_y))))
         r = e.emit(R.clip(r, lo, hi))
         return R.astype(r, dtype)
 

@@ -13,7 +13,7 @@ import onnx
 
 from qcc.errors import QccError
 
-from . import compat, onnx_prep
+from . import compat, cuda, fp8, onnx_prep, schedules
 from .lower import lower_to_integer
 from .target import validate_target
 
@@ -79,17 +79,26 @@ def _extra_symbolic_vars(mod) -> list[str]:
 def _import(model: onnx.ModelProto, spec: dict):
     batch = compat.sym_var(BATCH)
     shape_dict = {i["name"]: [batch if d == BATCH else d for d in i["shape"]] for i in spec["inputs"]}
+    if fp8.has_fp8(model):  # FP8 Q/DQ -> qcc's encode / decode on uint8 bits (fp8.py)
+        model = _copy(model)
+        fp8.prepare_onnx(model)
     try:
-        return compat.from_onnx(model, shape_dict=shape_dict)
+        with fp8.onnx_converters():
+            return compat.from_onnx(model, shape_dict=shape_dict)
     except Exception as exc:  # the frontend raises plain Python errors with long IR dumps
         first = str(exc).strip().splitlines()
         raise QccError(f"TVM's ONNX frontend could not import the model: {type(exc).__name__}: "
                        f"{first[-1] if first else ''}") from exc
 
 
-def _static(model: onnx.ModelProto, spec: dict, batch: int) -> tuple[onnx.ModelProto, dict]:
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    return m
+
+
+def _static(model: onnx.ModelProto, spec: dict, batch: int) -> tuple[onnx.ModelProto, dict]:
+    m = _copy(model)
     spec = json.loads(json.dumps(spec))
     for inp in spec["inputs"]:
         inp["shape"] = [batch if d == BATCH else d for d in inp["shape"]]
@@ -99,20 +108,20 @@ def _static(model: onnx.ModelProto, spec: dict, batch: int) -> tuple[onnx.ModelP
 
 
 _UNSUPPORTED_QTYPES = {
-    onnx.TensorProto.FLOAT8E4M3FN: "float8 e4m3", onnx.TensorProto.FLOAT8E5M2: "float8 e5m2",
     onnx.TensorProto.FLOAT8E4M3FNUZ: "float8 e4m3fnuz", onnx.TensorProto.FLOAT8E5M2FNUZ: "float8 e5m2fnuz",
     onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4",
 }
 
 
 def check_supported(model: onnx.ModelProto) -> None:
-    """The backend lowers int8 / uint8 QDQ graphs; FP8 and 4-bit schemes fail clearly, up front."""
+    """The backend lowers int8 / uint8 and FP8 E4M3FN / E5M2 QDQ graphs; FNUZ FP8 and 4-bit schemes
+    fail clearly, up front."""
     found = sorted({_UNSUPPORTED_QTYPES[t.data_type] for t in model.graph.initializer
                     if t.data_type in _UNSUPPORTED_QTYPES})
     if found:
-        raise QccError(f"the TVM backend compiles int8 / uint8 QDQ models; this one has {', '.join(found)} "
-                       "tensors (TVM 0.27 cannot import FP8 zero points, and 4-bit tensors need explicit "
-                       "packing): use --target onnx for the fp8-* and w4a8 schemes")
+        raise QccError(f"the TVM backend compiles int8 / uint8 and FP8 E4M3FN / E5M2 QDQ models; this one has "
+                       f"{', '.join(found)} tensors (4-bit tensors need explicit packing): use --target onnx "
+                       "for the w4a8 scheme")
 
 
 def import_relax(model: onnx.ModelProto, input_shapes: dict | None = None, batch: int | None = 1):
@@ -160,13 +169,16 @@ def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes:
 
     input_shapes: static sizes for dynamic non-batch input dims ({"x": ["batch", 3, 48, 192]});
     batch: the compiled batch size (None: keep the batch dim dynamic where possible)."""
-    target = validate_target(target)
+    on_gpu = isinstance(target, dict) and target.get("kind") == "cuda"
+    target = cuda.validate_target(target) if on_gpu else validate_target(target)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     mod, spec, integer_ops, fallback = lower(qdq_model, input_shapes, batch)
     t_lower = time.perf_counter() - t0
-    ex, t_compile = compat.compile_module(mod, target)
+    # x86 llvm: qcc's packed int8 kernels + rule-based schedules (schedules/); elsewhere TVM's default
+    ex, t_compile = (cuda.compile_module if on_gpu else schedules.compile_module)(mod, target)
+    kernels = cuda.check_kernels(ex, target) if on_gpu else None   # nvcc: a broken kernel fails the build
     t1 = time.perf_counter()
     # write next to the destination and rename, so a failed export never leaves a partial model.so
     fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".so", dir=out_dir)
@@ -191,6 +203,10 @@ def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes:
         "versions": compat.check_versions(),
         "files": {"library": LIBRARY, "io": IO_SPEC},
     }
+    if kernels is not None:
+        info["cuda"] = kernels
+    if not on_gpu and schedules.LAST_INFO:
+        info["cpu_schedule"] = dict(schedules.LAST_INFO)
     (out_dir / IO_SPEC).write_text(json.dumps({**spec, "target": target}, indent=2) + "\n")
     return info
 
@@ -198,13 +214,21 @@ def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes:
 class Runner:
     """Runs out_dir/model.so with TVM's Relax VM on the CPU."""
 
+    def __new__(cls, out_dir):
+        # cross builds run elsewhere: aarch64 under qemu, the c target's tree with the host compiler
+        from .cross import runner_for
+
+        other = runner_for(Path(out_dir))
+        return other if other is not None else super().__new__(cls)
+
     def __init__(self, out_dir):
         self.folder = Path(out_dir)
         io_path, lib = self.folder / IO_SPEC, self.folder / LIBRARY
         if not lib.is_file() or not io_path.is_file():
             raise QccError(f"{self.folder} has no TVM build ({LIBRARY} and {IO_SPEC} expected)")
         self.spec = json.loads(io_path.read_text())
-        self.vm = compat.load_vm(lib)
+        self._gpu = self.spec.get("target", {}).get("kind") == "cuda"
+        self.vm = cuda.load_vm(lib) if self._gpu else compat.load_vm(lib)
         self._main = self.vm["main"]
 
     @property
@@ -248,6 +272,6 @@ class Runner:
             want = inp["shape"]
             if len(x.shape) != len(want) or any(w != BATCH and w != d for w, d in zip(want, x.shape)):
                 raise QccError(f"input {inp['name']!r} has shape {list(x.shape)}, this build expects {want}")
-            args.append(compat.to_device(x))
+            args.append(cuda.to_device(x) if self._gpu else compat.to_device(x))
         return compat.outputs_to_numpy(self._main(*args))
 

@@ -1,0 +1,97 @@
+"""Fast CPU code for the integer Relax the TVM backend lowers to (x86 LLVM targets).
+
+    compile_module(mod, target) -> (ex, s)      what pipeline.build calls: the two steps below and
+                                                tvm.compile (TVM's default build off x86)
+    optimize(mod, target) -> (mod, info)        before tvm.compile: channels-last rewrite with
+                                                packed int8 kernels (layout.py, kernels.py)
+    relax_pipeline(target)                      the default CPU pipeline with the rule-based
+                                                schedules (schedule.py) after FuseTIR
+
+On a non-x86 or non-LLVM target both are no-ops (the module unchanged, TVM's default pipeline).
+"""
+
+from __future__ import annotations
+
+import time
+
+import tvm
+from tvm import relax
+
+from .. import compat
+from .intrin import has_vnni, is_x86_llvm
+from .layout import channels_last, int8_macs
+from .schedule import schedule_function
+
+
+def optimize(mod, target: dict):
+    if not is_x86_llvm(target):
+        return mod, {"scheduled": False}
+    vnni = has_vnni(target)
+    total = int8_macs(mod)
+    mod, counts, macs = channels_last(mod, vnni)
+    return mod, {"scheduled": True, "vnni": vnni, "kernels": counts, "kernel_macs": macs, "int8_macs": total}
+
+
+LAST_REPORT: dict = {}     # fused function -> rule applied (or why it failed), from the last build
+
+
+@tvm.transform.module_pass(opt_level=0, name="QccScheduleCPU")
+def schedule_pass(mod, _ctx):
+    """Apply the rule-based schedule to every PrimFunc of the module."""
+    updates = {}
+    for gv, func in mod.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            try:
+                new, rule = schedule_function(func)
+            except Exception as exc:  # noqa: BLE001 - keep TVM's default code for a function a rule fails on
+                LAST_REPORT[gv.name_hint] = f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1:]}"
+                continue
+            LAST_REPORT[gv.name_hint] = rule
+            updates[gv] = new
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod
+
+
+def relax_pipeline(target: dict):
+    """TVM's CPU pipeline with qcc's schedules after FuseTIR (TVM's default pipeline elsewhere)."""
+    tgt = compat.make_target(target)
+    if not is_x86_llvm(target):
+        return relax.get_default_pipeline(tgt)
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0, name="QccCPUPipeline")
+    def _pipeline(mod, _ctx):
+        with tgt:
+            seq = tvm.transform.Sequential(cpu.library_dispatch_passes(tgt) + cpu.legalize_passes(tgt)
+                                           + [schedule_pass] + cpu.dataflow_lower_passes(tgt)
+                                           + cpu.finalize_passes(tgt))
+            return seq(mod)
+    return _pipeline
+
+
+LAST_INFO: dict = {}       # what the last compile_module did (kernels substituted, rules applied)
+
+
+def compile_module(mod, target: dict):
+    """Compile integer Relax for `target` with qcc's CPU schedules. Returns (executable, seconds)."""
+    LAST_INFO.clear()
+    if not is_x86_llvm(target):
+        return compat.compile_module(mod, target)
+    t0 = time.perf_counter()
+    LAST_REPORT.clear()
+    try:
+        fast, info = optimize(mod, target)
+        ex = tvm.compile(fast, target=compat.make_target(target), relax_pipeline=relax_pipeline(target))
+    except Exception as exc:  # noqa: BLE001 - a schedule LLVM / TIR rejects: TVM's default build, reported
+        LAST_INFO.clear()
+        LAST_INFO.update(scheduled=False, error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1:]}")
+        ex, _ = compat.compile_module(mod, target)
+        return ex, time.perf_counter() - t0
+    rules: dict = {}
+    for rule in LAST_REPORT.values():
+        key = "failed" if rule.startswith("failed") else rule
+        rules[key] = rules.get(key, 0) + 1
+    LAST_INFO.clear()
+    LAST_INFO.update(info, functions=rules)
+    return ex, time.perf_counter() - t0

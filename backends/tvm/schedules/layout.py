@@ -1,0 +1,270 @@
+"""Channels-last rewrite of integer Relax, with qcc's packed int8 kernels substituted.
+
+The integer lowering emits NCHW ops. For every rank-4 value v computed by a rule below, this pass
+emits its NHWC twin t(v) = permute_dims(v, [0, 2, 3, 1]) computed directly, and rebinds
+v := permute_dims(t(v), [0, 3, 1, 2]), so consumers the pass does not know still see NCHW; dead-code
+elimination then drops every permute nobody reads. Consecutive int8 layers therefore stay
+channels-last end to end, with one permute at the graph input and one where the image ends.
+
+Rules (t(.) of an operand: its twin, or a permute of it, or a constant permuted in numpy):
+
+    conv2d(x, w) int32, groups = 1, x uint8, w const   ->  slice_C(qcc conv2d_nhwc_packed(t(x), pack(w)))
+    conv2d(x, w) int32, groups = C = O (depthwise)     ->  qcc depthwise_nhwc(t(x), pack(w))
+    elementwise f(a, b, ...) (add, shifts, astype, clip, ...)  ->  f(t(a), t(b), ...)
+    sum / mean over axes {2, 3}                        ->  the same over {1, 2}
+    max_pool2d / avg_pool2d                            ->  layout="NHWC"
+    concat(axis=1)                                     ->  concat(axis=3)
+    pad(pad_width over N, C, H, W)                     ->  pad over N, H, W, C
+    matmul(x uint8 [.., K], w const int8 [K, N]) int32 ->  reshape(slice_N(qcc dense_packed(x2d, pack(w))))
+
+An elementwise op is rewritten only when one operand already has a twin (a graph that never meets a
+conv keeps its layout). Values with a dynamic dimension are left alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import compat
+from ..compat import R, relax
+from . import kernels
+
+TO_NHWC = [0, 2, 3, 1]
+TO_NCHW = [0, 3, 1, 2]
+
+ELEMENTWISE = {
+    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.floor_divide",
+    "relax.right_shift", "relax.left_shift", "relax.bitwise_and", "relax.bitwise_or",
+    "relax.bitwise_xor", "relax.maximum", "relax.minimum", "relax.power",
+}
+UNARY = {"relax.astype", "relax.clip", "relax.nn.relu", "relax.round", "relax.floor", "relax.ceil",
+         "relax.abs", "relax.negative", "relax.sigmoid", "relax.tanh", "relax.exp", "relax.sqrt",
+         "relax.nn.gelu", "relax.nn.silu", "relax.erf"}
+
+
+def _static_shape(expr) -> list[int] | None:
+    shape = compat.tensor_shape(expr)
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    return shape
+
+
+def _const_nhwc(a: np.ndarray) -> np.ndarray | None:
+    """A constant operand of a rank-4 NCHW op as its NHWC counterpart (None if rank > 4)."""
+    if a.ndim == 0:
+        return a
+    if a.ndim > 4:
+        return None
+    return np.ascontiguousarray(a.reshape((1,) * (4 - a.ndim) + a.shape).transpose(TO_NHWC))
+
+
+@compat.mutator
+class _ChannelsLast(compat.PyExprMutator):
+    def __init__(self, mod, vnni: bool):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.vnni = vnni
+        self.twin: dict = {}       # new NCHW var -> its NHWC twin
+        self.counts: dict = {}
+        self.macs: dict = {}       # rule -> multiply-accumulates it carries (per inference)
+
+    # -- operands ---------------------------------------------------------------------------
+    def nhwc(self, expr):
+        """The NHWC form of an operand of a rank-4 op."""
+        if isinstance(expr, compat.Constant):
+            a = _const_nhwc(compat.const_numpy(expr))
+            return compat.const(a) if a is not None else None
+        if expr in self.twin:
+            return self.twin[expr]
+        shape = _static_shape(expr)
+        if shape is None or len(shape) not in (0, 4):
+            return None
+        if len(shape) == 0:
+            return expr
+        t = self.builder_.emit(R.permute_dims(expr, TO_NHWC))
+        self.twin[expr] = t
+        return t
+
+    def _count(self, kind, macs=0):
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.macs[kind] = self.macs.get(kind, 0) + int(macs)
+
+    # -- rules ------------------------------------------------------------------------------
+    def _conv2d(self, call, args):
+        x, w = args[0], call.args[1]
+        attrs = call.attrs
+        wq = compat.const_numpy(w)
+        xs, ys = _static_shape(x), _static_shape(call)
+        if (wq is None or wq.dtype != np.int8 or xs is None or ys is None or str(attrs.out_dtype) != "int32"
+                or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW"):
+            return None
+        groups = int(attrs.groups)
+        strides, dilation = compat.int_tuple(attrs.strides), compat.int_tuple(attrs.dilation)
+        top, left, bottom, right = compat.int_tuple(attrs.padding)
+        pads = (top, left, bottom, right)
+        c, o = xs[1], wq.shape[0]
+        xdt = compat.tensor_dtype(x)
+        if groups == 1 and self.vnni and xdt == "uint8":
+            xt = self.nhwc(x)
+            wp = compat.const(kernels.pack_conv_weight(wq))
+            y = self.builder_.emit_te(kernels.conv2d_nhwc_packed, xt, wp, strides, pads, dilation,
+                                      primfunc_name_hint="qcc_conv2d_nhwc_vnni")
+            if kernels.ceil_to(o, 16) != o:
+                y = self.builder_.emit(R.strided_slice(y, axes=[3], begin=[0], end=[o]))
+            self._count("conv2d_vnni", np.prod(ys) * wq[0].size)
+            return y
+        if groups == c == o and wq.shape[1] == 1 and xdt in ("uint8", "int8"):
+            xt = self.nhwc(x)
+            wd = compat.const(kernels.pack_depthwise_weight(wq))
+            self._count("depthwise", np.prod(ys) * wq[0].size)
+            return self.builder_.emit_te(kernels.depthwise_nhwc, xt, wd, strides, pads, dilation,
+                                         primfunc_name_hint="qcc_dwconv2d_nhwc")
+        return None
+
+    def _elementwise(self, call, args):
+        if not any(a in self.twin for a in args if isinstance(a, relax.Var)):
+            return None
+        if compat.tensor_shape(call) is None or len(compat.tensor_shape(call)) != 4:
+            return None
+        new = []
+        for a in args:
+            if isinstance(a, (relax.Var, compat.Constant)) and compat.tensor_shape(a) is not None:
+                t = self.nhwc(a)
+                if t is None:
+                    return None
+                new.append(t)
+            else:
+                new.append(a)
+        return self.builder_.emit(compat.rebuild_call(call, new))
+
+    def _reduce(self, call, args):
+        x = args[0]
+        axes = call.attrs.axis
+        if x not in self.twin or axes is None or sorted(compat.int_tuple(axes)) != [2, 3] \
+                or not call.attrs.keepdims:
+            return None
+        fn = R.sum if compat.op_name(call) == "relax.sum" else R.mean
+        return self.builder_.emit(fn(self.twin[x], axis=[1, 2], keepdims=True))
+
+    def _pool(self, call, args):
+        x = args[0]
+        a = call.attrs
+        if x not in self.twin or a.layout != "NCHW" or (a.out_layout or "NCHW") != "NCHW":
+            return None
+        fn = R.nn.max_pool2d if compat.op_name(call) == "relax.nn.max_pool2d" else R.nn.avg_pool2d
+        return self.builder_.emit(fn(self.twin[x], pool_size=a.pool_size, strides=a.strides, padding=a.padding,
+                                     dilation=a.dilation, ceil_mode=bool(a.ceil_mode),
+                                     count_include_pad=bool(a.count_include_pad), layout="NHWC",
+                                     out_layout="NHWC"))
+
+    def _concat(self, call, args):
+        fields = list(args[0].fields) if isinstance(args[0], relax.Tuple) else None
+        if fields is None or int(call.attrs.axis) not in (1, -3) or not any(f in self.twin for f in fields):
+            return None
+        ts = [self.nhwc(f) for f in fields]
+        if any(t is None for t in ts):
+            return None
+        return self.builder_.emit(R.concat(ts, axis=3))
+
+    def _pad(self, call, args):
+        x = args[0]
+        if x not in self.twin or len(call.attrs.pad_width) != 8:
+            return None
+        p = compat.int_tuple(call.attrs.pad_width)
+        width = p[0:2] + p[4:6] + p[6:8] + p[2:4]
+        return self.builder_.emit(R.nn.pad(self.twin[x], pad_width=width, pad_value=float(call.attrs.pad_value),
+                                           pad_mode=call.attrs.pad_mode))
+
+    def _matmul(self, call, args):
+        x, w = args[0], call.args[1]
+        wq = compat.const_numpy(w)
+        xs = _static_shape(x)
+        if (not self.vnni or wq is None or wq.dtype != np.int8 or wq.ndim != 2 or xs is None or len(xs) < 2
+                or compat.tensor_dtype(x) != "uint8" or str(call.attrs.out_dtype) != "int32"):
+            return None
+        k, n = wq.shape
+        m = int(np.prod(xs[:-1]))
+        x2 = x if len(xs) == 2 else self.builder_.emit(R.reshape(x, [m, k]))
+        y = self.builder_.emit_te(kernels.dense_packed, x2, compat.const(kernels.pack_dense_weight(wq)),
+                                  primfunc_name_hint="qcc_dense_vnni")
+        if kernels.ceil_to(n, 16) != n:
+            y = self.builder_.emit(R.strided_slice(y, axes=[1], begin=[0], end=[n]))
+        if len(xs) != 2:
+            y = self.builder_.emit(R.reshape(y, xs[:-1] + [n]))
+        self._count("dense_vnni", m * k * n)
+        return ("plain", y)
+
+    # -- driver -----------------------------------------------------------------------------
+    def visit_var_binding_(self, binding):
+        value = binding.value
+        name = compat.op_name(value)
+        out = None
+        if name is not None and name != "relax.call_tir":
+            args = [self.visit_expr(a) for a in value.args]
+            try:
+                out = self._rule(name, value, args)
+            except (ValueError, TypeError, AttributeError):  # an attribute layout this pass does not know
+                out = None
+        if out is None:
+            return super().visit_var_binding_(binding)
+        # a rule returns the NHWC twin of a rank-4 NCHW value, or ("plain", expr) for a value that
+        # keeps its layout (the matmul rule)
+        plain = isinstance(out, tuple)
+        twin = out[1] if plain else out
+        expr = twin if plain else R.permute_dims(twin, TO_NCHW)
+        if isinstance(binding.var, compat.DataflowVar):
+            new_var = self.builder_.emit(expr, binding.var.name)
+        else:
+            new_var = self.builder_.emit_output(expr, binding.var.name)
+        if not plain:
+            self.twin[new_var] = twin
+        self.set_var_remap(binding.var, new_var)
+
+    def _rule(self, name, call, args):
+        if name == "relax.nn.conv2d":
+            return self._conv2d(call, args)
+        if name == "relax.matmul":
+            return self._matmul(call, args)
+        if name in ELEMENTWISE or name in UNARY:
+            return self._elementwise(call, args)
+        if name in ("relax.sum", "relax.mean"):
+            return self._reduce(call, args)
+        if name in ("relax.nn.max_pool2d", "relax.nn.avg_pool2d"):
+            return self._pool(call, args)
+        if name == "relax.concat":
+            return self._concat(call, args)
+        if name == "relax.nn.pad":
+            return self._pad(call, args)
+        return None
+
+    def transform(self):
+        for gv, func in self.mod_.functions_items():
+            if gv.name_hint == "main" and isinstance(func, relax.Function):
+                self.builder_.update_func(gv, self.visit_expr(func))
+        return self.builder_.get()
+
+
+def channels_last(mod, vnni: bool):
+    """Returns (module, {rule: count}, {rule: multiply-accumulates})."""
+    rw = _ChannelsLast(mod, vnni)
+    new = compat.dead_code_elimination(rw.transform())
+    return new, dict(rw.counts), dict(rw.macs)
+
+
+def int8_macs(mod) -> int:
+    """Multiply-accumulates of the int32-accumulating conv2d / matmul ops in main (NCHW / OIHW)."""
+    total = 0
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            name = compat.op_name(b.value)
+            out = _static_shape(b.var)
+            if out is None or compat.tensor_dtype(b.var) != "int32":
+                continue
+            w = _static_shape(b.value.args[1]) if name in ("relax.nn.conv2d", "relax.matmul") else None
+            if w is None:
+                continue
+            if name == "relax.nn.conv2d":
+                total += int(np.prod(out)) * int(np.prod(w[1:]))
+            else:
+                total += int(np.prod(out)) * int(w[-2])
+    return total

@@ -1,0 +1,283 @@
+"""Rule-based schedules (no search) for the fused functions that contain qcc's int8 kernels.
+
+After LegalizeOps / FuseOps / FuseTIR a fused function is: [pad] -> kernel block (kernels.py) ->
+elementwise epilogue (bias, int64 fixed-point requantize, clamp, cast; slices) -> output. Each rule:
+
+- inlines the epilogue into one block and computes it per output tile, right after the tile's
+  reduction, so the int32 accumulator tile never leaves the cache (requantize fused);
+- runs the outer tile loop in parallel (TVM's thread pool, TVM_NUM_THREADS);
+- conv / dense: tiles output pixels x 16-channel blocks (7 x 2 blocks: 14 zmm accumulators),
+  keeps the accumulator tile in a small buffer LLVM holds in registers and tensorizes the
+  (16 output channels x 4 input channels) tile with vpdpbusd;
+- depthwise: vectorizes over 16-channel blocks with the taps unrolled and the zero padding
+  inlined as selects;
+- TVM's own matmul block (attention's activation x activation products): reduction outside a
+  16-lane output vector and a 4-row tile.
+
+Functions without either get a generic rule: the outermost spatial loops in parallel, the
+innermost loop vectorized when it is elementwise (float fallback ops and layout copies).
+A rule meets only functions whose structure it was written for; anything it cannot schedule
+raises, and the caller keeps TVM's default code for that function.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+from .intrin import VNNI_16x4
+from .kernels import CONV_BLOCK, DENSE_BLOCK, DW_BLOCK, PAD_BLOCK
+
+# The accumulator tile lives in a small "global"-scope buffer allocated inside the parallel loop (a
+# stack array LLVM keeps in zmm registers); TVM 0.27 allocates "local" buffers through
+# TVMBackendAllocWorkspace on every iteration instead.
+ACC_SCOPE = "global"
+MATMUL_BLOCK = "matmul"   # the block name of TVM's legalized R.matmul
+
+
+def _has_block(sch, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001 - s_tir raises a ScheduleError (a TVMError) for a missing block
+        return False
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _divisor(n: int, limit: int) -> int:
+    for d in range(min(n, limit), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _inline_epilogue(sch, kernel):
+    """Inline every elementwise block of the function except the kernel, its pad and the block
+    writing the output, so the whole epilogue (requantize, residual add, clamp, cast, slice) is one
+    block; returns it (None when the kernel itself writes the output)."""
+    root = sch.get_sblock("root")
+    outputs = sch.get_output_blocks(root)
+    out_names = {sch.get(b).name_hint for b in outputs}
+    kname = sch.get(kernel).name_hint
+    if kname in out_names:
+        return None
+    for b in sch.get_child_blocks(root):
+        name = sch.get(b).name_hint
+        if name in out_names or name in (kname, PAD_BLOCK):
+            continue
+        sch.compute_inline(b)
+    return outputs[0] if len(outputs) == 1 else None
+
+
+def _schedule_pad(sch):
+    if _has_block(sch, PAD_BLOCK):
+        pad = sch.get_sblock(PAD_BLOCK)
+        loops = sch.get_loops(pad)
+        sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+        _vectorize_inner(sch, pad)
+
+
+def _vectorize_inner(sch, block, lanes=16):
+    inner = sch.get_loops(block)[-1]
+    ext = _extent(sch, inner)
+    if ext % lanes == 0 and ext > lanes:
+        _, inner = sch.split(inner, [None, lanes])
+    if ext % lanes == 0 or ext <= 4 * lanes:
+        sch.vectorize(inner)
+
+
+def schedule_conv(sch, wt_max=7, cbt_max=2):
+    conv = sch.get_sblock(CONV_BLOCK)
+    epi = _inline_epilogue(sch, conv)
+    acc = sch.cache_write(conv, 0, ACC_SCOPE)
+    n, h, w, o, rh, rw, rc = sch.get_loops(conv)
+    wt = _divisor(_extent(sch, w), wt_max)
+    cb = _extent(sch, o) // 16
+    cbt = _divisor(cb, cbt_max)
+    wo, wi = sch.split(w, [None, wt])
+    ob, o16 = sch.split(o, [None, 16])
+    obo, obi = sch.split(ob, [None, cbt])
+    rcb, rc4 = sch.split(rc, [None, 4])
+    sch.reorder(n, h, wo, obo, rh, rw, rcb, wi, obi, o16, rc4)
+    outer = sch.fuse(n, h, wo, obo)
+    sch.parallel(outer)
+    sch.reverse_compute_at(acc, outer)
+    init = sch.decompose_reduction(conv, rh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(wi)
+    sch.unroll(obi)
+    sch.tensorize(o16, VNNI_16x4)
+    # the fused epilogue reads the accumulator tile straight from the local buffer
+    if epi is not None:
+        sch.reverse_compute_at(epi, outer)
+        sch.compute_inline(acc)
+        _vectorize_inner(sch, epi)
+    else:
+        _vectorize_inner(sch, acc)
+    _schedule_pad(sch)
+
+
+def schedule_depthwise(sch, wt_max=7):
+    dw = sch.get_sblock(DW_BLOCK)
+    epi = _inline_epilogue(sch, dw)
+    acc = sch.cache_write(dw, 0, ACC_SCOPE)
+    n, h, w, c, rh, rw = sch.get_loops(dw)
+    cext = _extent(sch, c)
+    wt = _divisor(_extent(sch, w), wt_max)
+    wo, wi = sch.split(w, [None, wt])
+    if cext % 16 == 0:
+        cb, c16 = sch.split(c, [None, 16])
+        sch.reorder(n, h, wo, cb, rh, rw, wi, c16)
+        outer = sch.fuse(n, h, wo, cb)
+        vec = c16
+    else:
+        sch.reorder(n, h, wo, rh, rw, wi, c)
+        outer = sch.fuse(n, h, wo)
+        vec = c
+    sch.parallel(outer)
+    sch.reverse_compute_at(acc, outer)
+    sch.unroll(wi)
+    if cext % 16 == 0 or cext <= 16:
+        sch.vectorize(vec)
+    sch.decompose_reduction(dw, rh)   # the init loop inherits the vectorized channel loop
+    if epi is not None:
+        sch.reverse_compute_at(epi, outer)
+        sch.compute_inline(acc)
+        _vectorize_inner(sch, epi)
+    else:
+        _vectorize_inner(sch, acc)
+    if _has_block(sch, PAD_BLOCK):   # padded loads as selects: cheaper than a padded copy
+        sch.compute_inline(sch.get_sblock(PAD_BLOCK))
+
+
+def schedule_dense(sch, mt_max=4, nbt_max=4):
+    d = sch.get_sblock(DENSE_BLOCK)
+    epi = _inline_epilogue(sch, d)
+    acc = sch.cache_write(d, 0, ACC_SCOPE)
+    m, n, rk = sch.get_loops(d)
+    mt = _divisor(_extent(sch, m), mt_max)
+    nb = _extent(sch, n) // 16
+    nbt = _divisor(nb, nbt_max)
+    mo, mi = sch.split(m, [None, mt])
+    nbo, n16 = sch.split(n, [None, 16])
+    nbo, nbi = sch.split(nbo, [None, nbt])
+    rkb, rk4 = sch.split(rk, [None, 4])
+    sch.reorder(mo, nbo, rkb, mi, nbi, n16, rk4)
+    outer = sch.fuse(mo, nbo)
+    sch.parallel(outer)
+    sch.reverse_compute_at(acc, outer)
+    init = sch.decompose_reduction(d, rkb)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(mi)
+    sch.unroll(nbi)
+    sch.tensorize(n16, VNNI_16x4)
+    if epi is not None:
+        sch.reverse_compute_at(epi, outer)
+        sch.compute_inline(acc)
+        _vectorize_inner(sch, epi)
+    else:
+        _vectorize_inner(sch, acc)
+    _schedule_pad(sch)
+
+
+_VECTOR_DTYPES = {"int8", "uint8", "int16", "int32", "int64", "float32"}
+
+
+def _vector_dtypes(block) -> bool:
+    """Every buffer the block touches has a dtype LLVM vectorizes cleanly (not bool: TVM 0.27 emits
+    an invalid bool-vector store)."""
+    return all(str(r.buffer.dtype) in _VECTOR_DTYPES for r in list(block.reads) + list(block.writes))
+
+
+def schedule_generic(sch):
+    """Any other function: each top-level loop nest parallel over its outer loops, the innermost
+    loop vectorized when its block is spatial (elementwise / layout copies / float fallback)."""
+    root = sch.get_sblock("root") if _has_block(sch, "root") else None
+    blocks = sch.get_child_blocks(root) if root is not None else []
+    for b in blocks:
+        try:
+            loops = sch.get_loops(b)
+            if not loops:
+                continue
+            iters = sch.get(b).iter_vars
+            spatial = all(int(iv.iter_type) == 0 for iv in iters)
+            n_outer = 0
+            total = 1
+            for lp in loops:
+                if total >= 64 or n_outer == len(loops) - 1:
+                    break
+                if int(iters[n_outer].iter_type) != 0 if n_outer < len(iters) else True:
+                    break
+                total *= _extent(sch, lp)
+                n_outer += 1
+            if spatial and _vector_dtypes(sch.get(b)) and len(loops) > n_outer and _extent(sch, loops[-1]) % 16 == 0:
+                _, v = sch.split(loops[-1], [None, 16])
+                sch.vectorize(v)
+            if n_outer >= 1 and total >= 2:
+                outer = sch.fuse(*loops[:n_outer]) if n_outer > 1 else loops[0]
+                sch.parallel(outer)
+        except Exception:  # noqa: BLE001, S112 - a loop nest this rule cannot handle stays serial
+            continue
+
+
+def schedule_matmul(sch, rows_max=4):
+    """TVM's own (batch) matmul block, e.g. attention's activation x activation products:
+    out[.., i, j] = sum_k a[.., i, k] * b[.., k, j]. The reduction moves outside a 16-lane j vector
+    and a small row tile, so b is read contiguously and the int32 accumulators stay in registers."""
+    mm = sch.get_sblock(MATMUL_BLOCK)
+    epi = _inline_epilogue(sch, mm)
+    acc = sch.cache_write(mm, 0, ACC_SCOPE)
+    *sp, k = sch.get_loops(mm)
+    if len(sp) < 2:
+        raise ValueError("matmul with fewer than two spatial loops")
+    i, j = sp[-2], sp[-1]
+    jext = _extent(sch, j)
+    if jext % 16 == 0 and jext > 16:
+        jo, ji = sch.split(j, [None, 16])
+    else:
+        jo, ji = None, j
+    io, ii = sch.split(i, [None, _divisor(_extent(sch, i), rows_max)])
+    order = list(sp[:-2]) + [io] + ([jo] if jo is not None else []) + [k, ii, ji]
+    sch.reorder(*order)
+    outer_loops = order[:order.index(k)]
+    outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
+    sch.parallel(outer)
+    sch.reverse_compute_at(acc, outer)
+    sch.unroll(ii)
+    if jext % 16 == 0 or jext <= 16:
+        sch.vectorize(ji)
+    init = sch.decompose_reduction(mm, k)
+    if jext % 16 == 0 or jext <= 16:
+        sch.vectorize(sch.get_loops(init)[-1])
+    if epi is not None:
+        sch.reverse_compute_at(epi, outer)
+        sch.compute_inline(acc)
+        _vectorize_inner(sch, epi)
+    else:
+        _vectorize_inner(sch, acc)
+
+
+RULES = ((CONV_BLOCK, schedule_conv), (DENSE_BLOCK, schedule_dense), (DW_BLOCK, schedule_depthwise),
+         (MATMUL_BLOCK, schedule_matmul))
+
+
+def schedule_function(func):
+    """(scheduled PrimFunc, rule name) for one fused function. A kernel rule that fails on an
+    unexpected fused function raises for qcc's own kernels; for TVM's matmul it falls back to the
+    generic rule."""
+    sch = s_tir.Schedule(func)
+    for block, rule in RULES:
+        if _has_block(sch, block):
+            if block != MATMUL_BLOCK:
+                rule(sch)
+                return sch.mod["main"], block
+            try:
+                rule(sch)
+                return sch.mod["main"], block
+            except Exception:  # noqa: BLE001 - an unusual matmul nest: the generic rule below
+                sch = s_tir.Schedule(func)
+                break
+    schedule_generic(sch)
+    return sch.mod["main"], "generic"

@@ -1,0 +1,286 @@
+"""CPU speed of TVM-built int8 models (x86 llvm, rule-based schedules, no tuning): JSON lines.
+
+    python benchmarks/cpu_speed.py [--models mobilenetv2,resnet18,minilm] [--runs 30] [--threads 2]
+
+- latency: batch 1, `--threads` threads for every engine, medians of `--runs` calls, taken in one
+  process in 5 rotations of per-engine blocks (side by side, so machine load hits all alike):
+  the qcc TVM artifact, onnxruntime FP32, onnxruntime int8 QDQ from quantize_static (U8/S8
+  per-channel MinMax, as benchmarks/ort_baseline.py) and onnxruntime on qcc's own QDQ model.
+  Ratios: tvm / ort_int8 (quantize_static), tvm / ort_qcc_qdq, tvm / ort_fp32.
+- compile: MobileNetV2 TVM build seconds (import, lowering, schedules, LLVM, export).
+- vnni: the fraction of the model's int8 conv / matmul multiply-accumulates that run in kernels
+  whose machine code contains vpdpbusd (each fused function built alone and its assembly read),
+  and for the largest conv its achieved int8 GOP/s against the machine's peak:
+  peak = cores x VNNI ports x 64 MAC x 2 op x GHz (AVX-512 vpdpbusd: 16 lanes x 4 u8*s8 products;
+  2 ports (p0, p5) on Sapphire Rapids-class cores, 1 on Ice Lake / Cascade Lake; GHz from
+  /proc/cpuinfo, the nominal clock).
+resnet18 is a torch ResNet-18 (basic blocks [2, 2, 2, 2], random weights; torchvision is not
+installed), minilm the zoo all-MiniLM-L6 encoder at 128 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+THREADS_DEFAULT = 2
+
+import numpy as np
+
+
+def emit(**kv) -> None:
+    print(json.dumps(kv, default=float), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------
+
+def resnet18_onnx(path: Path) -> Path:
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(cout)
+            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(cout)
+            self.down = None
+            if stride != 1 or cin != cout:
+                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = torch.relu(self.b1(self.c1(x)))
+            y = self.b2(self.c2(y))
+            return torch.relu(y + (x if self.down is None else self.down(x)))
+
+    class ResNet18(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                      nn.MaxPool2d(3, 2, 1))
+            layers, cin = [], 64
+            for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+                layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
+                cin = cout
+            self.layers = nn.Sequential(*layers)
+            self.fc = nn.Linear(512, 1000)
+
+        def forward(self, x):
+            y = self.layers(self.stem(x))
+            return self.fc(torch.flatten(torch.mean(y, dim=(2, 3), keepdim=True), 1))
+
+    torch.manual_seed(0)
+    model = ResNet18().eval()
+    with torch.no_grad():   # non-trivial BN statistics so the folded weights are not all alike
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    torch.onnx.export(model, torch.randn(1, 3, 224, 224), str(path), input_names=["input"], output_names=["logits"],
+                      opset_version=17, dynamic_axes={"input": {0: "batch"}}, dynamo=False)
+    return path
+
+
+def load(name: str, work: Path, n_calib: int):
+    """(float onnx path, calibration feeds, one-sample feeds)."""
+    from qcc import models
+
+    if name == "resnet18":
+        path = resnet18_onnx(work / "resnet18.onnx")
+        rng = np.random.default_rng(0)
+        calib = {"input": rng.standard_normal((n_calib, 3, 224, 224)).astype(np.float32)}
+        return path, calib
+    entry = models.get(name, n_calib=n_calib, n_eval=1)
+    return Path(entry.onnx_path), entry.calib
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------------
+
+def _medians(fns: dict, runs: int, rounds: int = 5, warmup: int = 2) -> dict:
+    """Median ms per engine. Engines run in blocks (warm-up + runs/rounds calls each), the blocks
+    rotated `rounds` times: interleaving single calls would let one engine's idle worker threads
+    (onnxruntime and TVM both spin-wait after a parallel region) steal the 2 cores from the next."""
+    times = {k: [] for k in fns}
+    per = max(1, runs // rounds)
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            for _ in range(warmup):
+                fn()
+            for _ in range(per):
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
+
+
+def latency(name: str, target: dict, work: Path, runs: int, threads: int, n_calib: int):
+    import qcc
+    from ort_baseline import ort_quantize_static
+    from qcc.backends import onnxruntime as ort_backend
+    from qcc.backends import tvm as tvm_backend
+
+    path, calib = load(name, work, n_calib)
+    one = {k: v[:1] for k, v in calib.items()}
+    res = qcc.compile_model(str(path), calib, progress=False)
+    out = work / f"tvm-{name}"
+    info = tvm_backend.build(res.qdq_model, target, out, input_shapes=tvm_backend.input_shapes_from(calib))
+    runner = tvm_backend.Runner(out)
+    engines = {"tvm_int8": lambda: runner.run(one)}
+    sessions = {"ort_fp32": ort_backend.make_session(path, threads=threads),
+                "ort_qcc_qdq": ort_backend.make_session(res.qdq_model, threads=threads)}
+    fig = {}
+    try:
+        ort_q = ort_quantize_static(path, calib, work / f"{name}.ort_qdq.onnx")
+        sessions["ort_int8"] = ort_backend.make_session(ort_q, threads=threads)
+    except Exception as exc:  # noqa: BLE001 - report, keep the other figures
+        fig["ort_quantize_static_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    for key, sess in sessions.items():
+        engines[key] = lambda s=sess: s.run(None, one)
+    ms = _medians(engines, runs)
+    t = ms["tvm_int8"]
+    emit(figure="latency", model=name, batch=1, threads=threads, runs=runs, mcpu=info["mcpu"],
+         **{f"{k}_ms": round(v, 3) for k, v in ms.items()}, **fig,
+         tvm_vs_ort_int8=round(t / ms["ort_int8"], 3) if "ort_int8" in ms else None,
+         tvm_vs_ort_qcc_qdq=round(t / ms["ort_qcc_qdq"], 3), tvm_vs_ort_fp32=round(t / ms["ort_fp32"], 3),
+         bar={"vs_ort_int8": 1.0, "vs_ort_fp32": 0.5}, tvm_build_s=info["build_s"],
+         cpu_schedule={k: v for k, v in info.get("cpu_schedule", {}).items() if k in ("vnni", "kernels", "functions")})
+    return res.qdq_model, calib
+
+
+def compile_time(qdq_model, calib, target: dict, work: Path) -> None:
+    from qcc.backends import tvm as tvm_backend
+
+    t0 = time.perf_counter()
+    info = tvm_backend.build(qdq_model, target, work / "compile-mnv2",
+                             input_shapes=tvm_backend.input_shapes_from(calib))
+    total = time.perf_counter() - t0
+    emit(figure="compile_time", model="mobilenetv2", tvm_build_s=round(total, 2), timings=info["timings"],
+         bar_s=60, ok=total <= 60, cpus=os.cpu_count())
+
+
+def peak_gops(cores: int) -> dict:
+    from qcc.backends.tvm.target import host_cpu_flags
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", text)]
+    ghz = (max(mhz) / 1000.0) if mhz else float("nan")
+    _, flags = host_cpu_flags()
+    ports = 2 if "amx_int8" in flags or "avx512_fp16" in flags else 1   # SPR-class: p0 + p5
+    return {"cores": cores, "ghz": round(ghz, 3), "vnni_ports_per_core": ports,
+            "peak_int8_gops": round(cores * ports * 64 * 2 * ghz, 1),
+            "derivation": "cores x ports x 64 MAC/vpdpbusd(zmm) x 2 op/MAC x GHz"}
+
+
+def vnni_report(qdq_model, calib, target: dict, threads: int) -> None:
+    """Which fused functions run vpdpbusd, their share of the int8 MACs, and the largest conv's GOP/s."""
+    import tvm
+    from qcc.backends import tvm as tvm_backend
+    from qcc.backends.tvm import compat, schedules
+    from qcc.backends.tvm.compat import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    mod, *_ = tvm_backend.lower(qdq_model, tvm_backend.input_shapes_from(calib))
+    mod, info = schedules.optimize(mod, target)
+    tgt = compat.make_target(target)
+    with tgt:
+        mod = tvm.transform.Sequential(cpu.library_dispatch_passes(tgt) + cpu.legalize_passes(tgt))(mod)
+    calls: dict = {}
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.call_tir":
+                calls[v.args[0].name_hint] = calls.get(v.args[0].name_hint, 0) + 1
+    vnni_macs, largest = 0, None
+    funcs = {}
+    for gv, f in mod.functions_items():
+        if not isinstance(f, tvm.tirx.PrimFunc) or calls.get(gv.name_hint, 0) == 0:
+            continue
+        macs = _kernel_macs(f)
+        if macs == 0:
+            continue
+        f, _ = schedules.schedule_function(f)
+        lib = tvm.tirx.build(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=tgt)
+        has = "vpdpbusd" in lib.inspect_source("asm")
+        funcs[gv.name_hint] = (macs, has, calls[gv.name_hint])
+        if has:
+            vnni_macs += macs * calls[gv.name_hint]
+        if gv.name_hint.startswith("fused_qcc_conv2d") and (largest is None or macs > largest[1]):
+            largest = (gv.name_hint, macs, f, lib)
+    total = info["int8_macs"]
+    # every conv / dense kernel function must show vpdpbusd in its assembly for its MACs to count
+    vnni_kernels = [f for f in funcs if "dwconv2d" not in f]
+    all_vnni = all(funcs[f][1] for f in vnni_kernels)
+    real = info["kernel_macs"].get("conv2d_vnni", 0) + info["kernel_macs"].get("dense_vnni", 0)
+    emit(figure="vnni_fraction", int8_macs=total, vnni_macs=real if all_vnni else None,
+         fraction=round(real / total, 4) if total and all_vnni else None,
+         kernel_macs=info["kernel_macs"], functions_with_vpdpbusd=sum(1 for m in funcs.values() if m[1]),
+         functions_with_int8_reduction=len(funcs), vnni_macs_padded=vnni_macs,
+         note="MACs of the model's int8 conv/matmul ops (unpadded); depthwise convs run as 32-lane "
+              "int16 vector code, not VNNI")
+    if largest is not None:
+        name, macs, f, lib = largest
+        args = []
+        for p in f.params:
+            t = p.ty
+            args.append(tvm.runtime.tensor(np.random.randint(0, 8, [int(d) for d in t.shape]).astype(str(t.dtype))))
+        fe = lib.time_evaluator(lib.entry_name, tvm.cpu(), number=20, repeat=5)
+        secs = float(np.median(fe(*args).results))
+        peak = peak_gops(threads)
+        emit(figure="largest_conv", function=name[:80], macs_padded=macs, ms=round(secs * 1e3, 4),
+             gops=round(2 * macs / secs / 1e9, 1), **peak,
+             fraction_of_peak=round(2 * macs / secs / 1e9 / peak["peak_int8_gops"], 3),
+             note="median of TVM's time_evaluator (wall), the fused function incl. its requantize epilogue")
+
+
+def _kernel_macs(f) -> int:
+    """Multiply-accumulates of the int8 kernel block of an unscheduled fused function (the product
+    of its iteration domain, padded channels included); 0 when it has none."""
+    from qcc.backends.tvm.schedules import kernels
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(f)
+    for name in (kernels.CONV_BLOCK, kernels.DENSE_BLOCK, kernels.DW_BLOCK):
+        try:
+            block = sch.get(sch.get_sblock(name))
+        except Exception:  # noqa: BLE001, S112 - no such block in this function
+            continue
+        return int(np.prod([int(iv.dom.extent) for iv in block.iter_vars]))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="mobilenetv2,resnet18,minilm")
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=THREADS_DEFAULT)
+    ap.add_argument("--n-calib", type=int, default=16)
+    ap.add_argument("--mcpu", default=None)
+    args = ap.parse_args(argv)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)   # read when TVM's thread pool starts
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from qcc.backends import tvm as tvm_backend
+
+    target = tvm_backend.detect_target(mcpu=args.mcpu)
+    emit(figure="target", target=target, cpus=os.cpu_count(), threads=args.threads)
+    with tempfile.TemporaryDirectory(prefix="qcc-cpu-speed-") as tmp:
+        work = Path(tmp)
+        for name in args.models.split(","):
+            qdq, calib = latency(name, target, work, args.runs, args.threads, args.n_calib)
+            if name == "mobilenetv2":
+                compile_time(qdq, calib, target, work)
+                vnni_report(qdq, calib, target, args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
