@@ -42,7 +42,7 @@ from .fixedpoint import (common_shift_multipliers, float_scale, offset_fixed, qu
 
 QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 # Single-term requantize in float32, in the order of onnxruntime's MLAS (fixedpoint.py); False: int64
-# fixed point (31-bit multipliers) everywhere, ~2x the epilogue cost on CPU.
+# fixed point (31-bit multipliers) everywhere: the same results within one step, a slower epilogue.
 FLOAT_REQUANTIZE = True
 
 # The rules of the rewrite, keyed by the Relax op TVM's frontend makes of each ONNX op. The dispatch

@@ -1,7 +1,7 @@
 """Rule-based schedules (no search) for the fused functions that contain qcc's int8 kernels.
 
 After LegalizeOps / FuseOps / FuseTIR a fused function is: [pad] -> kernel block (kernels.py) ->
-elementwise epilogue (bias, int64 fixed-point requantize, clamp, cast; slices) -> output. Each rule:
+elementwise epilogue (bias, float32 requantize, clamp, cast; slices) -> output. Each rule:
 
 - inlines the epilogue into one block and computes it per output tile, right after the tile's
   reduction, so the int32 accumulator tile never leaves the cache (requantize fused);
