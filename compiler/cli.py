@@ -93,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep these nodes float: node names, op types, or /regex/ on node names")
     c.add_argument("--override", nargs="+", default=[], metavar="TENSOR=SCHEME",
                    help="per-tensor scheme (a scheme name or 'float') for an activation or weight")
+    c.add_argument("--tune", type=int, metavar="TRIALS",
+                   help="llvm (x86-64): MetaSchedule-tune the generically scheduled functions, TRIALS trials "
+                        "each; a tuned schedule is used only where it measures faster (database: $QCC_TUNE_DB "
+                        "or ~/.cache/qcc/tune-db)")
+    c.add_argument("--tune-minutes", type=float, metavar="M", help="stop tuning after M minutes (keeps the best found)")
     c.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     c.set_defaults(func=_compile)
 
@@ -191,7 +196,8 @@ def _compile(args) -> int:
     t0 = time.perf_counter()
     result = compile_model(model, calib, config=config, target=args.target, eval_data=eval_data, labels=labels,
                            out_dir=args.output, force=args.force, progress=progress, mcpu=args.mcpu, log=log,
-                           mattr=[f for f in args.mattr.split(",") if f] if args.mattr else None, arch=args.arch)
+                           mattr=[f for f in args.mattr.split(",") if f] if args.mattr else None, arch=args.arch,
+                           tune_trials=args.tune, tune_minutes=args.tune_minutes)
     if not args.quiet:
         _summary(result.report, result.out_dir, time.perf_counter() - t0)
     return 0

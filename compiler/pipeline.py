@@ -59,11 +59,19 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
                   target: str = "onnx", eval_data: dict[str, np.ndarray] | None = None,
                   labels: np.ndarray | None = None, out_dir: str | Path | None = None, force: bool = False,
                   progress: bool = True, example_inputs: Any = None, mcpu: str | None = None,
-                  log=None, mattr: list[str] | None = None, arch: str | None = None) -> CompileResult:
+                  log=None, mattr: list[str] | None = None, arch: str | None = None,
+                  tune_trials: int | None = None, tune_minutes: float | None = None) -> CompileResult:
     config = config or QuantConfig()
     log = log or (lambda msg: None)
     if target not in TARGETS:
         raise QccError(f"unknown target {target!r}; this build supports: {', '.join(TARGETS)}")
+    tune = None
+    if tune_trials is not None or tune_minutes is not None:   # MetaSchedule tuning (backends/tvm/tune.py)
+        if target != "llvm":
+            raise QccError(f"--tune applies to --target llvm (x86-64) only (got --target {target})")
+        if tune_trials is None or tune_trials < 1 or (tune_minutes is not None and tune_minutes <= 0):
+            raise QccError("--tune needs a positive number of trials and --tune-minutes a positive time")
+        tune = {"trials": int(tune_trials), "minutes": tune_minutes, "quiet": not progress}
     if arch is not None and target != "cuda":
         raise QccError(f"--arch applies to --target cuda only (got --target {target})")
     if out_dir is not None:
@@ -165,7 +173,7 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
             manifest["hashes"] = {QDQ_MODEL: file_sha256(folder / QDQ_MODEL)}
             if tvm_target is not None:
                 t_build = time.perf_counter()
-                report["backend"] = build_tvm(qdq_proto, tvm_target, folder, calib, eval_data, log)
+                report["backend"] = build_tvm(qdq_proto, tvm_target, folder, calib, eval_data, log, tune=tune)
                 manifest["backend"] = {k: report["backend"][k] for k in ("target", "mcpu", "static_batch")}
                 manifest["files"]["library"] = report["backend"]["files"]["library"]
                 manifest["files"]["io"] = report["backend"]["files"]["io"]
@@ -280,13 +288,17 @@ def runtime_quantizers(model: ir.Model, plan: QuantPlan, config: QuantConfig):
     return emit
 
 
-def build_tvm(qdq_proto: onnx.ModelProto, tvm_target: dict, folder: Path, calib, eval_data, log) -> dict:
+def build_tvm(qdq_proto: onnx.ModelProto, tvm_target: dict, folder: Path, calib, eval_data, log,
+              tune: dict | None = None) -> dict:
     """Lower the QDQ graph to integer code (backends/tvm), build model.so into `folder`, and check the
     built library against onnxruntime on the same QDQ graph (the reference) on a few samples."""
     from .backends import tvm as tvm_backend
     from .backends.tvm import verify
 
-    info = tvm_backend.build(qdq_proto, tvm_target, folder, input_shapes=verify.input_shapes_from(calib))
+    info = tvm_backend.build(qdq_proto, tvm_target, folder, input_shapes=verify.input_shapes_from(calib), tune=tune)
+    if "tune" in info:
+        log(f"MetaSchedule: {info['tune']['tasks']} tasks, {info['tune']['new_trials']} new trials, "
+            f"{info['tune']['tuned']} tuned schedules used, database {info['tune']['db']}")
     log(f"TVM build: {info['build_s']:.1f} s, integer ops {info['integer_ops']}, "
         f"{len(info['float_fallback'])} float fallbacks")
     if tvm_target.get("kind") == "cuda":

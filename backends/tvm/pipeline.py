@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
 from qcc.errors import QccError
+from tvm import relax
 
 from . import compat, cuda, fp8, onnx_prep, schedules
 from .lower import lower_to_integer
@@ -160,24 +160,37 @@ def lower(model: onnx.ModelProto, input_shapes: dict | None = None, batch: int |
     """Import and rewrite to integer Relax. Returns (module, spec, integer_ops, float_fallback)."""
     mod, spec = import_relax(model, input_shapes, batch)
     mod, integer_ops, fallback = lower_to_integer(mod)
+    # the float ops left between integer kernels (GELU's erf, softmax's exp, tanh): TVM's polynomial
+    # approximations, which vectorize (libm's scalar erf/exp do not); here, so every target shares them
+    mod = relax.transform.FastMathTransform()(mod)
     return mod, spec, integer_ops, fallback
 
 
 def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes: dict | None = None,
-          batch: int | None = 1) -> dict:
+          batch: int | None = 1, tune: dict | None = None) -> dict:
     """Compile a QDQ model to out_dir/model.so (+ out_dir/tvm_io.json for the runner).
 
     input_shapes: static sizes for dynamic non-batch input dims ({"x": ["batch", 3, 48, 192]});
-    batch: the compiled batch size (None: keep the batch dim dynamic where possible)."""
+    batch: the compiled batch size (None: keep the batch dim dynamic where possible);
+    tune: MetaSchedule tuning on x86 llvm, {"trials": N, "minutes": M or None, "quiet": bool} (tune.py)."""
     on_gpu = isinstance(target, dict) and target.get("kind") == "cuda"
     target = cuda.validate_target(target) if on_gpu else validate_target(target)
+    if tune:
+        from . import tune as tuning
+
+        tuner_args = dict(tune)
+        tuning.check_target(target)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     mod, spec, integer_ops, fallback = lower(qdq_model, input_shapes, batch)
     t_lower = time.perf_counter() - t0
     # x86 llvm: qcc's packed int8 kernels + rule-based schedules (schedules/); elsewhere TVM's default
-    ex, t_compile = (cuda.compile_module if on_gpu else schedules.compile_module)(mod, target)
+    tuned = None
+    if tune:
+        ex, t_compile, tuned = tuning.compile_module(mod, target, tuner_args.pop("trials"), **tuner_args)
+    else:
+        ex, t_compile = (cuda.compile_module if on_gpu else schedules.compile_module)(mod, target)
     kernels = cuda.check_kernels(ex, target) if on_gpu else None   # nvcc: a broken kernel fails the build
     t1 = time.perf_counter()
     # write next to the destination and rename, so a failed export never leaves a partial model.so
@@ -205,6 +218,8 @@ def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes:
     }
     if kernels is not None:
         info["cuda"] = kernels
+    if tuned is not None:
+        info["tune"] = tuned
     if not on_gpu and schedules.LAST_INFO:
         info["cpu_schedule"] = dict(schedules.LAST_INFO)
     (out_dir / IO_SPEC).write_text(json.dumps({**spec, "target": target}, indent=2) + "\n")

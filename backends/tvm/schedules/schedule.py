@@ -188,7 +188,9 @@ _VECTOR_DTYPES = {"int8", "uint8", "int16", "int32", "int64", "float32"}
 def _vector_dtypes(block) -> bool:
     """Every buffer the block touches has a dtype LLVM vectorizes cleanly (not bool: TVM 0.27 emits
     an invalid bool-vector store)."""
-    return all(str(r.buffer.dtype) in _VECTOR_DTYPES for r in list(block.reads) + list(block.writes))
+    # TVM 0.27's block regions are TensorRegions: the buffer is `.source` (`.buffer` before)
+    regions = list(block.reads) + list(block.writes)
+    return all(str((r.source if hasattr(r, "source") else r.buffer).dtype) in _VECTOR_DTYPES for r in regions)
 
 
 def schedule_generic(sch):
