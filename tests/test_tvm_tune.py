@@ -10,12 +10,10 @@ from onnx import helper as oh
 
 from conftest import compile_quiet, make_model
 
-tvm_backend = pytest.importorskip("qcc.backends.tvm")
-pytest.importorskip("psutil")
-pytest.importorskip("cloudpickle")
-from qcc import QccError  # noqa: E402
-from qcc.backends import onnxruntime as ort_backend  # noqa: E402
-from qcc.backends.tvm import tune  # noqa: E402
+from qcc import QccError
+from qcc.backends import onnxruntime as ort_backend
+from qcc.backends import tvm as tvm_backend
+from qcc.backends.tvm import tune
 
 RNG = np.random.default_rng(7)
 
