@@ -134,7 +134,7 @@ def latency(name: str, target: dict, work: Path, runs: int) -> None:
     emit(figure="latency", model=name, batch=1, threads=THREADS, runs=runs, mcpu=info["mcpu"],
          **{k: round(v, 3) if isinstance(v, float) else v for k, v in fig.items()},
          tvm_vs_ort_int8=round(fig["tvm_int8_ms"] / fig.get("ort_int8_quantize_static_ms", np.nan), 1),
-         note="TVM: default relax pipeline, no tuning (single-threaded loops)")
+         note="TVM: rule-based schedules (backends/tvm/schedules), no tuning")
 
 
 def main(argv=None) -> int:

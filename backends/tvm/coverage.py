@@ -71,8 +71,8 @@ def markdown() -> str:
         "Generated from the rewrite's rule tables by `python -m qcc.backends.tvm.coverage` "
         "(backends/tvm/lower.py: `AFFINE_RULES`, `VIEW_RULES`, `CLAMP_RULES`); do not edit by hand.",
         "",
-        "- **integer**: lowered to integer code (uint8/int8 inputs, int32 accumulation, int64 fixed-point "
-        "requantization) when its inputs are quantized and its output is quantized (or, for Conv / Gemm / "
+        "- **integer**: lowered to integer code (uint8/int8 inputs, int32 accumulation, float32 requantization in onnxruntime's "
+        "MLAS order, int64 fixed point where several terms meet) when its inputs are quantized and its output is quantized (or, for Conv / Gemm / "
         "MatMul, consumed in float: int32 accumulate, then one float multiply).",
         "- **float-fallback**: imported by TVM's ONNX frontend; runs in float32 between dequantize and "
         "quantize, exactly as the QDQ graph says, and is listed in the build's `float_fallback`. An "

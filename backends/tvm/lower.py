@@ -77,7 +77,7 @@ CLAMP_OPS = set(CLAMP_RULES)
 AFFINE_RULES = {
     "relax.nn.conv2d": (("Conv",), "uint8/int8 x int8 -> int32 conv2d, incl. depthwise / grouped; "
                         "zp_x * sum(w) folded into the int32 bias (input padded with zp_x where "
-                        "needed); per-channel fixed-point requantization"),
+                        "needed); per-channel float32 requantization (MLAS order)"),
     "relax.nn.conv2d_transpose": (("ConvTranspose",), "uint8/int8 x int8 -> int32 (int32 x int32 after "
                                   "subtracting zp_x when zp_x != 0)"),
     "relax.matmul": (("MatMul", "Gemm"), "activation x constant int8 weight -> int32 (zp_x * colsum(w) in "
