@@ -15,6 +15,7 @@ of random picks. The first n_init trials, with nothing to fit, are the points wh
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import numpy as np
 
@@ -24,7 +25,9 @@ from .objective import Goal
 SEARCHERS = ("quantune", "grid", "random", "genetic")
 
 
-class Searcher:
+class Searcher(ABC):
+    """Proposes which points of the space to try next; subclasses implement ask()."""
+
     name = "base"
 
     def __init__(self, points: list[dict], seed: int = 0, goal: Goal | None = None):
@@ -36,8 +39,9 @@ class Searcher:
     def untried(self, history: dict) -> list[int]:
         return [i for i in range(len(self.points)) if i not in history]
 
+    @abstractmethod
     def ask(self, n: int, history: dict[int, tuple[float, float]]) -> list[int]:
-        raise NotImplementedError
+        """Indices of up to n untried points; history maps tried indices to (loss, objective)."""
 
     def _random(self, n: int, history: dict, exclude=()) -> list[int]:
         pool = [i for i in self.untried(history) if i not in set(exclude)]

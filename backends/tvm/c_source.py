@@ -42,7 +42,7 @@ from qcc.errors import QccError
 
 from . import compat
 from .compat import relax, tirx
-from .pipeline import IO_SPEC, lower
+from .pipeline import IO_SPEC, ArtifactIO, lower
 
 C_DIR = "c"
 ALIGN = 64
@@ -629,7 +629,7 @@ def code_size(build: Path, toolchain: str = "host") -> dict:
     return sizes
 
 
-class CRunner:
+class CRunner(ArtifactIO):
     """Builds an artifact's C tree (host gcc, or aarch64 gcc + qemu) and runs its qcc_main."""
 
     def __init__(self, folder, toolchain: str = "host", cflags: str = "-O2"):
@@ -641,14 +641,6 @@ class CRunner:
         self._tmp = tempfile.TemporaryDirectory(prefix="qcc-c-")
         self.build = Path(self._tmp.name)
         self.exe = make(self.folder / C_DIR, self.build, toolchain, cflags)
-
-    @property
-    def input_names(self) -> list[str]:
-        return [i["name"] for i in self.spec["inputs"]]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [o["name"] for o in self.spec["outputs"]]
 
     def sizes(self) -> dict:
         return code_size(self.build, self.toolchain)

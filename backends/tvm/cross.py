@@ -29,7 +29,7 @@ import numpy as np
 from qcc.errors import QccError
 
 from . import compat, dotprod_layout
-from .pipeline import BATCH, IO_SPEC, LIBRARY, lower
+from .pipeline import BATCH, IO_SPEC, LIBRARY, ArtifactIO, lower
 
 AARCH64_TRIPLE = "aarch64-linux-gnu"
 # mcpu -> LLVM features. dotprod gives sdot (4 x int8 products into an int32 lane).
@@ -301,7 +301,7 @@ def chunks(spec: dict, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], 
     return padded, n, n_batches
 
 
-class QemuRunner:
+class QemuRunner(ArtifactIO):
     """Runs an aarch64 artifact's own qcc_run under qemu-aarch64 (what a board would run)."""
 
     def __init__(self, folder):
@@ -311,14 +311,6 @@ class QemuRunner:
             if not (self.folder / name).is_file():
                 raise QccError(f"{self.folder} is not an aarch64 build ({name} missing)")
         self.spec = json.loads((self.folder / IO_SPEC).read_text())
-
-    @property
-    def input_names(self) -> list[str]:
-        return [i["name"] for i in self.spec["inputs"]]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [o["name"] for o in self.spec["outputs"]]
 
     def command(self, in_dir: Path, out_dir: Path, batches: int, iterations: int = 0) -> list[str]:
         return [QEMU, "-L", SYSROOT, str(self.folder / RUNNER), str(self.folder), str(in_dir), str(out_dir),

@@ -226,7 +226,22 @@ def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes:
     return info
 
 
-class Runner:
+class ArtifactIO:
+    """Input / output names of a built artifact, from its tvm_io.json (`self.spec`): shared by the
+    runners of every target (this module's Runner, cross.QemuRunner, c_source.CRunner)."""
+
+    spec: dict
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i["name"] for i in self.spec["inputs"]]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self.spec["outputs"]]
+
+
+class Runner(ArtifactIO):
     """Runs out_dir/model.so with TVM's Relax VM on the CPU."""
 
     def __new__(cls, out_dir):
@@ -245,14 +260,6 @@ class Runner:
         self._gpu = self.spec.get("target", {}).get("kind") == "cuda"
         self.vm = cuda.load_vm(lib) if self._gpu else compat.load_vm(lib)
         self._main = self.vm["main"]
-
-    @property
-    def input_names(self) -> list[str]:
-        return [i["name"] for i in self.spec["inputs"]]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [o["name"] for o in self.spec["outputs"]]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.spec.get("static_batch"):
