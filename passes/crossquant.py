@@ -55,6 +55,7 @@ import onnx
 import onnx_ir as ir
 
 from ..initializers import add_initializer
+from .node_copy import copy_for_consumers
 from ..plan import QuantPlan
 from ..qparams import (
     dequantize_values,
@@ -219,15 +220,7 @@ def _rewrite(graph: ir.Graph, site: Site, f: np.ndarray, weights: list[np.ndarra
         inputs = list(node.inputs)
         inputs[i] = add_initializer(graph, f"{base}.const_crossquant", (k / f).astype(np.float32))
     if site.duplicate:
-        copy = ir.Node(node.domain, node.op_type, inputs, list(node.attributes.values()), num_outputs=1,
-                       name=f"{base}_crossquant", version=node.version)
-        copy.outputs[0].name = f"{node.outputs[0].name}_crossquant"
-        copy.outputs[0].type = node.outputs[0].type
-        copy.outputs[0].shape = node.outputs[0].shape
-        graph.insert_after(node, copy)
-        for mm in site.matmuls:
-            mm.replace_input_with(0, copy.outputs[0])
-        out = copy.outputs[0]
+        out = copy_for_consumers(graph, node, inputs, "crossquant", site.matmuls)
     else:
         for i, v in enumerate(inputs):
             if v is not node.inputs[i]:

@@ -52,6 +52,7 @@ import onnx_ir as ir
 
 from ..backends import onnxruntime as ort_backend
 from ..initializers import add_initializer
+from .node_copy import copy_for_consumers
 from ..plan import QuantPlan
 from . import smoothing
 
@@ -136,14 +137,7 @@ def reparameterize(model: ir.Model, ranges: dict[str, tuple[np.ndarray, np.ndarr
         inputs = [ln.inputs[0], add_initializer(graph, f"{base}.scale_repquant", gamma / r),
                   add_initializer(graph, f"{base}.bias_repquant", (beta / r + delta).astype(np.float32))]
         if site.others or ln.outputs[0].is_graph_output():
-            copy = ir.Node(ln.domain, "LayerNormalization", inputs, list(ln.attributes.values()), num_outputs=1,
-                           name=f"{base}_repquant", version=ln.version)
-            copy.outputs[0].name = f"{ln.outputs[0].name}_repquant"
-            copy.outputs[0].type = ln.outputs[0].type
-            copy.outputs[0].shape = ln.outputs[0].shape
-            graph.insert_after(ln, copy)
-            for mm in site.matmuls:
-                mm.replace_input_with(0, copy.outputs[0])
+            copy_for_consumers(graph, ln, inputs, "repquant", site.matmuls)
         else:
             if len(ln.inputs) < 3:
                 ln.resize_inputs(3)

@@ -49,6 +49,7 @@ import onnx
 import onnx_ir as ir
 
 from ..initializers import add_initializer
+from .node_copy import copy_for_consumers
 
 from ..backends import onnxruntime as ort_backend
 from ..qparams import (
@@ -194,14 +195,7 @@ def _rewrite(graph: ir.Graph, site: Site, s: np.ndarray, weights: list[np.ndarra
         new_inputs.append(add_initializer(graph, f"{base}.bias_smoothed", (beta / s).astype(np.float32)))
     if site.others or ln.outputs[0].is_graph_output():
         # the residual path keeps the original LN; the MatMuls read a smoothed copy
-        copy = ir.Node(ln.domain, "LayerNormalization", new_inputs, list(ln.attributes.values()),
-                       num_outputs=1, name=f"{base}_smoothed", version=ln.version)
-        copy.outputs[0].name = f"{ln.outputs[0].name}_smoothed"
-        copy.outputs[0].type = ln.outputs[0].type
-        copy.outputs[0].shape = ln.outputs[0].shape
-        graph.insert_after(ln, copy)
-        for mm in site.matmuls:
-            mm.replace_input_with(0, copy.outputs[0])
+        copy_for_consumers(graph, ln, new_inputs, "smoothed", site.matmuls)
     else:
         for i, v in enumerate(new_inputs[1:], start=1):
             ln.replace_input_with(i, v)
