@@ -39,15 +39,7 @@ def plot_loss(series: dict[str, list[float]], path: Path, ylabel: str = "loss", 
         ax.step(x, best_so_far(losses), where="post", color=color, label=f"{name} (best so far)")
     if target is not None:
         ax.axhline(target, color="gray", ls="--", lw=1, label="target")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(ylabel)
-    ax.set_yscale("symlog", linthresh=_linthresh(series))
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "trial", ylabel, _linthresh(series))
 
 
 def _linthresh(series) -> float:
@@ -78,9 +70,15 @@ def plot_pareto(costs: list[float], losses: list[float], path: Path, xlabel: str
         ax.scatter([costs[chosen]], [losses[chosen]], s=120, marker="*", color="C2", label="exported", zorder=5)
     if max_loss is not None and math.isfinite(max_loss):
         ax.axhline(max_loss, color="gray", ls="--", lw=1, label="--max-loss")
+    return _save(fig, ax, path, xlabel, ylabel, _linthresh({"": [p[1] for p in pts]}))
+
+
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str, linthresh: float) -> Path:
+    """Shared finish of both plots: labels, symlog loss axis, legend, grid, PNG."""
+
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_yscale("symlog", linthresh=_linthresh({"": [p[1] for p in pts]}))
+    ax.set_yscale("symlog", linthresh=linthresh)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -109,14 +109,7 @@ def schedule_conv(sch, wt_max=7, cbt_max=2):
     sch.unroll(wi)
     sch.unroll(obi)
     sch.tensorize(o16, VNNI_16x4)
-    # the fused epilogue reads the accumulator tile straight from the local buffer
-    if epi is not None:
-        sch.reverse_compute_at(epi, outer)
-        sch.compute_inline(acc)
-        _vectorize_inner(sch, epi)
-    else:
-        _vectorize_inner(sch, acc)
-    _schedule_pad(sch)
+    _fuse_epilogue(sch, outer, acc, epi)
 
 
 def schedule_depthwise(sch, wt_max=7):
@@ -173,6 +166,12 @@ def schedule_dense(sch, mt_max=4, nbt_max=4):
     sch.unroll(mi)
     sch.unroll(nbi)
     sch.tensorize(n16, VNNI_16x4)
+    _fuse_epilogue(sch, outer, acc, epi)
+
+
+def _fuse_epilogue(sch, outer, acc, epi) -> None:
+    """The requantize epilogue (if fused) runs per parallel tile and reads the accumulator tile
+    straight from the local buffer; then the input padding is scheduled."""
     if epi is not None:
         sch.reverse_compute_at(epi, outer)
         sch.compute_inline(acc)
