@@ -207,3 +207,8 @@ def outputs_to_numpy(result) -> list[np.ndarray]:
 
 def dead_code_elimination(mod):
     return relax.transform.DeadCodeElimination(["main"])(mod)
+
+
+def free_vars(expr) -> list:
+    """The Relax variables an expression reads."""
+    return list(relax.analysis.free_vars(expr))

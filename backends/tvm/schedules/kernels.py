@@ -18,8 +18,21 @@ depthwise conv2d (groups = C = O, multiplier 1), w: [C, 1, KH, KW]:
 
     y[n, h, w, c] = sum_{kh, kw} xp[n, h*sh + kh*dh, w*sw + kw*dw, c] * wd[kh, kw, c]
 
-(each product is formed in int16, exact since |u8 * s8| <= 255 * 128 < 2**15, so it vectorizes as
-32-lane vpmullw instead of 16-lane vpmulld, then accumulates in int32)
+(int32 products of 8-bit operands: LLVM sees both fit in 16 bits and emits one vpmaddwd per 16
+lanes, where int16 products cost a vpmullw plus a widening shuffle)
+
+depthwise conv2d on VNNI (uint8 x, C64 = ceil(C/64)*64): vpdpbusd sums 4 byte products per int32
+lane; with "diagonal" weights that are zero in all byte slots of a lane but one, each lane
+accumulates one channel. A 64-byte vector of x holds 64 channels; for r in 0..3 the weight vector
+with slot r live gives lane j the channel in byte 4j + r. For the result to come out in natural
+channel order, x arrives in *lane order*: position p = 64g + 4j + b holds natural channel
+nat(p) = 64g + 16b + j (its producer's output channels are permuted at compile time, layout.py), so
+
+    acc[g, r, j] = sum_{kh, kw} x[.., 64g + 4j + r] * w[64g + 16r + j]  = channel 64g + 16r + j,
+    wv[kh, kw, g, r, j, b] = w[64g + 16r + j, kh, kw] if b == r else 0
+
+One vpdpbusd does 16 useful multiply-accumulates (of its 64), against 16 per 3 instructions
+(widen, vpmaddwd, add) for int16 code, and no shuffles.
 
 dense (x: [M, K] uint8, w: [K, N] int8 constant):  Wp[n // 16, k // 4, n % 16, k % 4] = w[k, n],
     y[m, n] = sum_{k < K4} xp[m, k] * Wp[n//16, k//4, n%16, k%4]   (N16 columns; sliced by the caller)
@@ -34,6 +47,7 @@ from tvm import te
 
 CONV_BLOCK = "qcc_conv2d_nhwc_vnni"
 DW_BLOCK = "qcc_dwconv2d_nhwc"
+DW_VNNI_BLOCK = "qcc_dwconv2d_vnni"
 DENSE_BLOCK = "qcc_dense_vnni"
 PAD_BLOCK = "qcc_pad"
 
@@ -54,6 +68,34 @@ def pack_conv_weight(w: np.ndarray) -> np.ndarray:
 def pack_depthwise_weight(w: np.ndarray) -> np.ndarray:
     """[C, 1, KH, KW] int8 -> [KH, KW, C] int8."""
     return np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))
+
+
+def lane_order(c: int) -> np.ndarray:
+    """nat[p]: the natural channel at lane-order position p, for p < ceil(c/64)*64 (>= c: padding)."""
+    p = np.arange(ceil_to(c, 64))
+    return 64 * (p // 64) + 16 * (p % 4) + (p % 64) // 4
+
+
+def to_lane_order(a: np.ndarray, axis: int) -> np.ndarray:
+    """a's `axis` (c entries, natural order) as ceil(c/64)*64 entries in lane order, zero padded."""
+    c = a.shape[axis]
+    nat = lane_order(c)
+    out = np.take(a, np.minimum(nat, c - 1), axis=axis)
+    keep = (nat < c).reshape([-1 if i == axis % a.ndim else 1 for i in range(a.ndim)])
+    return np.ascontiguousarray(np.where(keep, out, np.zeros((), a.dtype)))
+
+
+def pack_depthwise_weight_vnni(w: np.ndarray) -> np.ndarray:
+    """[C, 1, KH, KW] int8 -> diagonal [KH, KW, C64/64, 4, 16, 4] (see the module docstring)."""
+    c, _, kh, kw = w.shape
+    g = ceil_to(c, 64) // 64
+    wn = np.zeros((g * 64, kh, kw), np.int8)
+    wn[:c] = w[:, 0]
+    wn = wn.reshape(g, 4, 16, kh, kw).transpose(3, 4, 0, 1, 2)     # [kh, kw, g, r, j]
+    wv = np.zeros((kh, kw, g, 4, 16, 4), np.int8)
+    for r in range(4):
+        wv[:, :, :, r, :, r] = wn[:, :, :, r, :]
+    return wv
 
 
 def pack_dense_weight(w: np.ndarray) -> np.ndarray:
@@ -112,9 +154,30 @@ def depthwise_nhwc(x, wd, strides, pads, dilation):
     return te.compute(
         (n, ho, wo, c),
         lambda i, y, z, k: te.sum(
-            (xp[i, y * sh + rh * dh, z * sw + rw * dw, k].astype("int16") * wd[rh, rw, k].astype("int16"))
+            (xp[i, y * sh + rh * dh, z * sw + rw * dw, k].astype("int32") * wd[rh, rw, k].astype("int32"))
             .astype("int32"), axis=[rh, rw]),
         name=DW_BLOCK)
+
+
+def depthwise_nhwc_vnni(x, wv, strides, pads, dilation):
+    """x: [N, H, W, C64] uint8 in lane order, wv: pack_depthwise_weight_vnni -> y [N, Ho, Wo, C64]
+    int32 in natural channel order (channels >= C are zero)."""
+    n, h, w, c64 = (int(d) for d in x.shape)
+    kh, kw = (int(d) for d in wv.shape[:2])
+    sh, sw = strides
+    dh, dw = dilation
+    pt, pl, pb, pr = pads
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+
+    xp = _pad(x, pads, c64)
+    rh, rw, rb = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, 4), "rb")
+    return te.compute(
+        (n, ho, wo, c64),
+        lambda i, y, z, c: te.sum(
+            xp[i, y * sh + rh * dh, z * sw + rw * dw, (c // 64) * 64 + (c % 16) * 4 + rb].astype("int32")
+            * wv[rh, rw, c // 64, (c % 64) // 16, c % 16, rb].astype("int32"), axis=[rh, rw, rb]),
+        name=DW_VNNI_BLOCK)
 
 
 def dense_packed(x, wp):

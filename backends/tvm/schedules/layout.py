@@ -10,6 +10,11 @@ Rules (t(.) of an operand: its twin, or a permute of it, or a constant permuted 
 
     conv2d(x, w) int32, groups = 1, x uint8, w const   ->  slice_C(qcc conv2d_nhwc_packed(t(x), pack(w)))
     conv2d(x, w) int32, groups = C = O (depthwise)     ->  qcc depthwise_nhwc(t(x), pack(w))
+        or, on VNNI when x is uint8 and computed by a chain conv2d -> elementwise ops (each value
+        read once) ->  qcc depthwise_nhwc_vnni(L(t(x)), pack_vnni(w)), where L(.) is x in the
+        kernel's lane order (kernels.py): the chain's conv gets its output channels (weight rows,
+        zero-padded to a multiple of 64) and the chain's per-channel constants permuted the same
+        way at compile time, so nothing is shuffled at run time
     elementwise f(a, b, ...) (add, shifts, astype, clip, ...)  ->  f(t(a), t(b), ...)
     sum / mean over axes {2, 3}                        ->  the same over {1, 2}
     max_pool2d / avg_pool2d                            ->  layout="NHWC"
@@ -65,8 +70,11 @@ class _ChannelsLast(compat.PyExprMutator):
         self.mod_ = mod
         self.vnni = vnni
         self.twin: dict = {}       # new NCHW var -> its NHWC twin
+        self.lane: dict = {}       # NHWC twin in lane order (kernels.lane_order) -> natural channel count
         self.counts: dict = {}
         self.macs: dict = {}       # rule -> multiply-accumulates it carries (per inference)
+        # original vars: convs / chain values to compute in lane order, depthwise convs reading them
+        self.lane_vars, self.lane_dw = _lane_order_chains(mod["main"]) if vnni else (set(), set())
 
     # -- operands ---------------------------------------------------------------------------
     def nhwc(self, expr):
@@ -75,7 +83,8 @@ class _ChannelsLast(compat.PyExprMutator):
             a = _const_nhwc(compat.const_numpy(expr))
             return compat.const(a) if a is not None else None
         if expr in self.twin:
-            return self.twin[expr]
+            t = self.twin[expr]
+            return self._natural(t) if t in self.lane else t
         shape = _static_shape(expr)
         if shape is None or len(shape) not in (0, 4):
             return None
@@ -84,6 +93,12 @@ class _ChannelsLast(compat.PyExprMutator):
         t = self.builder_.emit(R.permute_dims(expr, TO_NHWC))
         self.twin[expr] = t
         return t
+
+    def _natural(self, t):
+        """A lane-order twin back in natural channel order (its C channels): a gather along C."""
+        c = self.lane[t]
+        pos = np.argsort(kernels.lane_order(c))[:c].astype("int64")
+        return self.builder_.emit(R.take(t, compat.const(pos), axis=3))
 
     def _count(self, kind, macs=0):
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -106,12 +121,27 @@ class _ChannelsLast(compat.PyExprMutator):
         xdt = compat.tensor_dtype(x)
         if groups == 1 and self.vnni and xdt == "uint8":
             xt = self.nhwc(x)
-            wp = compat.const(kernels.pack_conv_weight(wq))
+            lane = self._binding_var in self.lane_vars
+            # lane order: output channels permuted (and zero-padded to 64) by permuting weight rows
+            wl = kernels.to_lane_order(wq, 0) if lane else wq
+            wp = compat.const(kernels.pack_conv_weight(wl))
             y = self.builder_.emit_te(kernels.conv2d_nhwc_packed, xt, wp, strides, pads, dilation,
                                       primfunc_name_hint="qcc_conv2d_nhwc_vnni")
-            if kernels.ceil_to(o, 16) != o:
+            if not lane and kernels.ceil_to(o, 16) != o:
                 y = self.builder_.emit(R.strided_slice(y, axes=[3], begin=[0], end=[o]))
             self._count("conv2d_vnni", np.prod(ys) * wq[0].size)
+            if lane:
+                self.lane[y] = o
+            return y
+        if groups == c == o and wq.shape[1] == 1 and self._binding_var in self.lane_dw \
+                and x in self.twin and self.twin[x] in self.lane:
+            xt = self.twin[x]
+            y = self.builder_.emit_te(kernels.depthwise_nhwc_vnni, xt,
+                                      compat.const(kernels.pack_depthwise_weight_vnni(wq)), strides, pads,
+                                      dilation, primfunc_name_hint="qcc_dwconv2d_vnni")
+            if kernels.ceil_to(c, 64) != c:
+                y = self.builder_.emit(R.strided_slice(y, axes=[3], begin=[0], end=[c]))
+            self._count("depthwise_vnni", np.prod(ys) * wq[0].size)
             return y
         if groups == c == o and wq.shape[1] == 1 and xdt in ("uint8", "int8"):
             xt = self.nhwc(x)
@@ -126,6 +156,10 @@ class _ChannelsLast(compat.PyExprMutator):
             return None
         if compat.tensor_shape(call) is None or len(compat.tensor_shape(call)) != 4:
             return None
+        if self._binding_var in self.lane_vars:
+            out = self._elementwise_lane(call, args)
+            if out is not None:
+                return out
         new = []
         for a in args:
             if isinstance(a, (relax.Var, compat.Constant)) and compat.tensor_shape(a) is not None:
@@ -137,6 +171,36 @@ class _ChannelsLast(compat.PyExprMutator):
                 new.append(a)
         return self.builder_.emit(compat.rebuild_call(call, new))
 
+    def _elementwise_lane(self, call, args):
+        """An elementwise op of a lane-order chain: its var operand in lane order, its per-channel
+        constants permuted likewise; None if an operand does not fit (the natural-order rule then)."""
+        c = None
+        new = []
+        for a in args:
+            if isinstance(a, relax.Var):
+                t = self.twin.get(a)
+                if t is None or t not in self.lane or (c is not None and self.lane[t] != c):
+                    return None
+                c = self.lane[t]
+                new.append(t)
+            elif isinstance(a, compat.Constant) and compat.tensor_shape(a) is not None:
+                v = _const_nhwc(compat.const_numpy(a))
+                if v is None:
+                    return None
+                new.append(a if v.ndim == 0 else None if v.shape[3] not in (1, c or v.shape[3]) else v)
+            else:
+                new.append(a)
+        if c is None:
+            return None
+        for i, v in enumerate(new):
+            if isinstance(v, np.ndarray):
+                new[i] = compat.const(kernels.to_lane_order(v, 3) if v.shape[3] == c and c > 1 else v)
+            elif v is None:
+                return None
+        y = self.builder_.emit(compat.rebuild_call(call, new))
+        self.lane[y] = c
+        return y
+
     def _reduce(self, call, args):
         x = args[0]
         axes = call.attrs.axis
@@ -144,7 +208,7 @@ class _ChannelsLast(compat.PyExprMutator):
                 or not call.attrs.keepdims:
             return None
         fn = R.sum if compat.op_name(call) == "relax.sum" else R.mean
-        return self.builder_.emit(fn(self.twin[x], axis=[1, 2], keepdims=True))
+        return self.builder_.emit(fn(self.nhwc(x), axis=[1, 2], keepdims=True))
 
     def _pool(self, call, args):
         x = args[0]
@@ -152,7 +216,7 @@ class _ChannelsLast(compat.PyExprMutator):
         if x not in self.twin or a.layout != "NCHW" or (a.out_layout or "NCHW") != "NCHW":
             return None
         fn = R.nn.max_pool2d if compat.op_name(call) == "relax.nn.max_pool2d" else R.nn.avg_pool2d
-        return self.builder_.emit(fn(self.twin[x], pool_size=a.pool_size, strides=a.strides, padding=a.padding,
+        return self.builder_.emit(fn(self.nhwc(x), pool_size=a.pool_size, strides=a.strides, padding=a.padding,
                                      dilation=a.dilation, ceil_mode=bool(a.ceil_mode),
                                      count_include_pad=bool(a.count_include_pad), layout="NHWC",
                                      out_layout="NHWC"))
@@ -172,8 +236,15 @@ class _ChannelsLast(compat.PyExprMutator):
             return None
         p = compat.int_tuple(call.attrs.pad_width)
         width = p[0:2] + p[4:6] + p[6:8] + p[2:4]
-        return self.builder_.emit(R.nn.pad(self.twin[x], pad_width=width, pad_value=float(call.attrs.pad_value),
-                                           pad_mode=call.attrs.pad_mode))
+        t = self.twin[x]
+        lane = t in self.lane and self._binding_var in self.lane_vars and not any(p[2:4])
+        if t in self.lane and not lane:
+            t = self._natural(t)
+        y = self.builder_.emit(R.nn.pad(t, pad_width=width, pad_value=float(call.attrs.pad_value),
+                                        pad_mode=call.attrs.pad_mode))
+        if lane:
+            self.lane[y] = self.lane[self.twin[x]]
+        return y
 
     def _matmul(self, call, args):
         x, w = args[0], call.args[1]
@@ -199,6 +270,7 @@ class _ChannelsLast(compat.PyExprMutator):
         value = binding.value
         name = compat.op_name(value)
         out = None
+        self._binding_var = binding.var
         if name is not None and name != "relax.call_tir":
             args = [self.visit_expr(a) for a in value.args]
             try:
@@ -211,7 +283,7 @@ class _ChannelsLast(compat.PyExprMutator):
         # keeps its layout (the matmul rule)
         plain = isinstance(out, tuple)
         twin = out[1] if plain else out
-        expr = twin if plain else R.permute_dims(twin, TO_NCHW)
+        expr = twin if plain else R.permute_dims(self._natural(twin) if twin in self.lane else twin, TO_NCHW)
         if isinstance(binding.var, compat.DataflowVar):
             new_var = self.builder_.emit(expr, binding.var.name)
         else:
@@ -242,6 +314,47 @@ class _ChannelsLast(compat.PyExprMutator):
             if gv.name_hint == "main" and isinstance(func, relax.Function):
                 self.builder_.update_func(gv, self.visit_expr(func))
         return self.builder_.get()
+
+
+_LANE_CHAIN_OPS = ELEMENTWISE | UNARY | {"relax.nn.pad"}
+
+
+def _lane_order_chains(func) -> tuple[set, set]:
+    """(vars to compute in lane order, depthwise conv vars that read one): for each uint8 depthwise
+    conv2d whose input comes, through elementwise ops with one variable operand each (and spatial
+    pads), from a groups = 1 conv2d, every value on the way read by nothing else."""
+    bindings, uses = {}, {}
+    for block in func.body.blocks:
+        for b in block.bindings:
+            bindings[b.var] = b.value
+            for v in compat.free_vars(b.value):
+                uses[v] = uses.get(v, 0) + 1
+    for v in compat.free_vars(func.body.body):
+        uses[v] = uses.get(v, 0) + 1
+    chains, dws = set(), set()
+    for var, value in bindings.items():
+        if compat.op_name(value) != "relax.nn.conv2d" or compat.tensor_dtype(value.args[0]) != "uint8":
+            continue
+        w, xs = compat.tensor_shape(value.args[1]), compat.tensor_shape(value.args[0])
+        # whole 64-channel groups only: padding C to 64 costs the producer conv more than it saves
+        if (w is None or xs is None or int(value.attrs.groups) != xs[1] or w[0] != xs[1] or w[1] != 1
+                or xs[1] % 64):
+            continue
+        chain, cur = [], value.args[0]
+        while isinstance(cur, relax.Var) and cur in bindings and uses.get(cur, 0) == 1:
+            v = bindings[cur]
+            name = compat.op_name(v)
+            chain.append(cur)
+            if name == "relax.nn.conv2d":
+                if int(v.attrs.groups) == 1 and compat.tensor_dtype(v.args[0]) == "uint8":
+                    chains.update(chain)
+                    dws.add(var)
+                break
+            operands = [a for a in v.args if isinstance(a, relax.Var)] if name in _LANE_CHAIN_OPS else []
+            if len(operands) != 1:
+                break
+            cur = operands[0]
+    return chains, dws
 
 
 def channels_last(mod, vnni: bool):

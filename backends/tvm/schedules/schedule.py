@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .intrin import VNNI_16x4
-from .kernels import CONV_BLOCK, DENSE_BLOCK, DW_BLOCK, PAD_BLOCK
+from .intrin import VNNI_16x4, VNNI_LANEWISE_16x4
+from .kernels import CONV_BLOCK, DENSE_BLOCK, DW_BLOCK, DW_VNNI_BLOCK, PAD_BLOCK
 
 # The accumulator tile lives in a small "global"-scope buffer allocated inside the parallel loop (a
 # stack array LLVM keeps in zmm registers); TVM 0.27 allocates "local" buffers through
@@ -145,6 +145,40 @@ def schedule_depthwise(sch, wt_max=7):
         sch.compute_inline(sch.get_sblock(PAD_BLOCK))
 
 
+def schedule_depthwise_vnni(sch, wt_max=7):
+    """Output row x wt pixels x 64 channels per parallel tile; per lane slot r (4) the wt x 16-lane
+    accumulators stay in registers over the taps, one lane-wise vpdpbusd per (tap, pixel). The
+    padded input window of the tile is copied in its own loop (64 bytes per vector), so the
+    tensorized loads carry no bounds checks."""
+    dw = sch.get_sblock(DW_VNNI_BLOCK)
+    epi = _inline_epilogue(sch, dw)
+    acc = sch.cache_write(dw, 0, ACC_SCOPE)
+    n, h, w, c, rh, rw, rb = sch.get_loops(dw)
+    wt = _divisor(_extent(sch, w), wt_max)
+    wo, wi = sch.split(w, [None, wt])
+    g, r, j = sch.split(c, [None, 4, 16])
+    sch.reorder(n, h, wo, g, r, rh, rw, wi, j, rb)
+    outer = sch.fuse(n, h, wo, g)
+    sch.parallel(outer)
+    if _has_block(sch, PAD_BLOCK):
+        pad = sch.get_sblock(PAD_BLOCK)
+        sch.compute_at(pad, outer)
+        sch.vectorize(sch.get_loops(pad)[-1])
+    # per lane slot r: its wt x 16 accumulators (registers, indices constant once wi is unrolled)
+    # and their epilogue
+    sch.reverse_compute_at(acc, r)
+    init = sch.decompose_reduction(dw, rh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(wi)
+    sch.tensorize(j, VNNI_LANEWISE_16x4)
+    if epi is not None:
+        sch.reverse_compute_at(epi, r)
+        sch.compute_inline(acc)
+        _vectorize_inner(sch, epi)
+    else:
+        _vectorize_inner(sch, acc)
+
+
 def schedule_dense(sch, mt_max=4, nbt_max=4):
     d = sch.get_sblock(DENSE_BLOCK)
     epi = _inline_epilogue(sch, d)
@@ -261,6 +295,7 @@ def schedule_matmul(sch, rows_max=4):
 
 
 RULES = ((CONV_BLOCK, schedule_conv), (DENSE_BLOCK, schedule_dense), (DW_BLOCK, schedule_depthwise),
+         (DW_VNNI_BLOCK, schedule_depthwise_vnni),
          (MATMUL_BLOCK, schedule_matmul))
 
 
