@@ -109,6 +109,33 @@ def test_depthwise_vectorized(c, stride, pad, hw, dtype):
 
 
 @needs_vnni
+@pytest.mark.parametrize("c,stride,hw", [(64, 1, 9), (128, 2, 11), (192, 1, 7)])
+def test_depthwise_vnni_lane_order(c, stride, hw):
+    """x arrives in lane order (kernels.lane_order), the output comes out in natural order."""
+    x = RNG.integers(0, 256, (1, c, hw, hw), dtype=np.uint8)
+    w = RNG.integers(-128, 128, (c, 1, 3, 3), dtype=np.int8)
+    wv = kernels.pack_depthwise_weight_vnni(w)
+    xt = te.placeholder((1, hw, hw, c), "uint8", name="x")
+    wt = te.placeholder(wv.shape, "int8", name="w")
+    y = kernels.depthwise_nhwc_vnni(xt, wt, (stride, stride), (1,) * 4, (1, 1))
+    b, m, out = _epilogue(y, c)
+    bn = RNG.integers(-5000, 5000, c, dtype=np.int32)
+    mn = RNG.integers(1, 8, c).astype(np.int64)
+    xl = kernels.to_lane_order(x.transpose(0, 2, 3, 1), 3)
+    got, asm = _run([xt, wt, b, m], out, [xl, wv, bn, mn], kernels.DW_VNNI_BLOCK)
+    acc = conv_ref(x, w, stride, 1, groups=c).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(got, _epilogue_ref(acc, bn, mn))
+    assert "vpdpbusd" in asm
+
+
+def test_lane_order_is_a_permutation_per_64_channels():
+    nat = kernels.lane_order(128)
+    assert sorted(nat) == list(range(128)) and set(nat[:64]) == set(range(64))
+    a = np.arange(3 * 128).reshape(3, 128)
+    np.testing.assert_array_equal(kernels.to_lane_order(a, 1), a[:, nat])
+
+
+@needs_vnni
 @pytest.mark.parametrize("m_,k,n", [(5, 45, 37), (1, 64, 1000)])
 def test_dense_vnni_packed(m_, k, n):
     x = RNG.integers(0, 256, (m_, k), dtype=np.uint8)
@@ -178,6 +205,50 @@ def test_module_matches_default_build(mcpu):
     if info["vnni"]:
         assert info["kernels"].get("conv2d_vnni") == 1 and info["kernels"].get("dense_vnni") == 1
     assert info["functions"].get("failed", 0) == 0
+
+
+def _requant_f32(acc, c):
+    """The float32 requantize the lowering emits: clip(round(float(acc) * M), 0, 255) as uint8."""
+    m = compat.const((RNG.random((1, c, 1, 1)) * 0.02).astype(np.float32))
+    return R.astype(R.clip(R.round(R.multiply(R.astype(acc, "float32"), m)), 0, 255), "uint8")
+
+
+def _lane_net(shared: bool):
+    """conv 3x3 (5 -> 64) -> requant -> depthwise 3x3 s2 (64) -> requant -> conv 1x1 (64 -> 13): the
+    depthwise runs on VNNI in lane order. shared: the requantized conv output is also read by a
+    global sum, so the chain must stay in natural order."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 5, 13, 13), "uint8"))
+    w1 = RNG.integers(-128, 128, (64, 5, 3, 3), dtype=np.int8)
+    w2 = RNG.integers(-128, 128, (64, 1, 3, 3), dtype=np.int8)
+    w3 = RNG.integers(-128, 128, (13, 64, 1, 1), dtype=np.int8)
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(R.nn.conv2d(x, compat.const(w1), padding=1, out_dtype="int32"))
+            a = bb.emit(_requant_f32(R.add(a, compat.const(RNG.integers(-999, 999, (1, 64, 1, 1)).astype(np.int32))),
+                                     64))
+            d = bb.emit(R.nn.conv2d(a, compat.const(w2), strides=2, padding=1, groups=64, out_dtype="int32"))
+            d = bb.emit(_requant_f32(d, 64))
+            out = R.nn.conv2d(d, compat.const(w3), out_dtype="int32")
+            if shared:
+                out = R.add(R.sum(out, axis=[2, 3], keepdims=True),
+                            R.sum(R.astype(a, "int32"), axis=[1, 2, 3], keepdims=True))
+            out = bb.emit_output(out)
+        bb.emit_func_output(out)
+    return bb.get(), RNG.integers(0, 256, (1, 5, 13, 13), dtype=np.uint8)
+
+
+@needs_vnni
+@pytest.mark.parametrize("shared", [False, True])
+def test_lane_order_depthwise_matches_default_build(shared):
+    mod, x = _lane_net(shared)
+    ex_ref, _ = compat.compile_module(mod, TARGET)
+    ex, _ = schedules.compile_module(mod, TARGET)
+    info = dict(schedules.LAST_INFO)
+    run = lambda e: relax.VirtualMachine(e, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(run(ex), run(ex_ref))
+    kind = "depthwise" if shared else "depthwise_vnni"
+    assert info["kernels"].get(kind) == 1 and info["functions"].get("failed", 0) == 0
 
 
 def test_non_x86_target_is_left_alone():
