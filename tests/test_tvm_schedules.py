@@ -277,3 +277,27 @@ def test_activation_matmul_matches_default_build():
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(xb)).numpy()
     ref = np.clip((xa.astype(np.int64) @ xb.astype(np.int64)) >> 9, 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("zp", [0.0, 7.0])
+def test_lrint_requantize_is_exact_on_ties(zp):
+    """clip(round(v) + zp) as lrint(clip(v + zp)) (schedules/rounding.py): bit-exact, ties to even,
+    values beyond int32 clamped first."""
+    from qcc.backends.tvm.schedules.rounding import lrint_requantize
+
+    v = relax.Var("v", relax.TensorType((4, 64), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [v]):
+        with bb.dataflow():
+            r = bb.emit(R.round(R.multiply(v, compat.const(np.float32(1.0)))))
+            if zp:
+                r = bb.emit(R.add(r, compat.const(np.float32(zp))))
+            out = bb.emit_output(R.astype(R.clip(r, 0, 255), "uint8"))
+        bb.emit_func_output(out)
+    mod, n = lrint_requantize(bb.get())
+    assert n == 1 and "round" not in mod["main"].script()
+    x = (RNG.integers(-40, 560, (4, 64)) / 2).astype(np.float32)   # every other value a .5 tie
+    x[0, :4] = [3e9, -3e9, 254.5, 255.5]
+    ex, _ = compat.compile_module(mod, TARGET)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, np.clip(np.round(x) + zp, 0, 255).astype(np.uint8))

@@ -3,7 +3,8 @@
     compile_module(mod, target) -> (ex, s)      what pipeline.build calls: the two steps below and
                                                 tvm.compile (TVM's default build off x86)
     optimize(mod, target) -> (mod, info)        before tvm.compile: channels-last rewrite with
-                                                packed int8 kernels (layout.py, kernels.py)
+                                                packed int8 kernels (layout.py, kernels.py),
+                                                requantize rounding as lrint (rounding.py)
     relax_pipeline(target)                      the default CPU pipeline with the rule-based
                                                 schedules (schedule.py) after FuseTIR
 
@@ -20,6 +21,7 @@ from tvm import relax
 from .. import compat
 from .intrin import has_vnni, is_x86_llvm
 from .layout import channels_last, int8_macs
+from .rounding import lrint_requantize
 from .schedule import schedule_function
 
 
@@ -29,7 +31,9 @@ def optimize(mod, target: dict):
     vnni = has_vnni(target)
     total = int8_macs(mod)
     mod, counts, macs = channels_last(mod, vnni)
-    return mod, {"scheduled": True, "vnni": vnni, "kernels": counts, "kernel_macs": macs, "int8_macs": total}
+    mod, lrint = lrint_requantize(mod)
+    return mod, {"scheduled": True, "vnni": vnni, "kernels": counts, "kernel_macs": macs, "int8_macs": total,
+                 "lrint_requantize": lrint}
 
 
 LAST_REPORT: dict = {}     # fused function -> rule applied (or why it failed), from the last build
