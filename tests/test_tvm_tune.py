@@ -71,3 +71,34 @@ def test_bad_tune_flags_are_errors(tmp_path):
         tune.Tuner(tvm_backend.detect_target(), 0)
     with pytest.raises(QccError, match="positive"):
         tune.Tuner(tvm_backend.detect_target(), 4, minutes=0)
+
+
+@pytest.mark.slow   # 8 measured MetaSchedule trials
+@pytest.mark.skipif(not tune.has_vnni(tvm_backend.detect_target()), reason="this CPU has no AVX-512 VNNI")
+def test_vnni_space_tensorizes_the_packed_dense_exactly(tmp_path):
+    """The VNNI search space (tune.vnni_space) on qcc's packed dense kernel: the best schedule found
+    runs vpdpbusd and computes the exact int32 products."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    from qcc.backends.tvm import compat
+    from qcc.backends.tvm.schedules import kernels
+
+    m_, k, n = 32, 96, 64
+    x = RNG.integers(0, 256, (m_, k), dtype=np.uint8)
+    w = RNG.integers(-128, 128, (k, n), dtype=np.int8)
+    wp = kernels.pack_dense_weight(w)
+    xt, wt = te.placeholder((m_, k), "uint8", name="x"), te.placeholder(wp.shape, "int8", name="w")
+    func = te.create_prim_func([xt, wt, kernels.dense_packed(xt, wt)])
+    mod = tvm.IRModule({"main": func})
+    tgt = compat.make_target({**tvm_backend.detect_target(), "num-cores": 2})
+    db = ms.tir_integration.tune_tir(mod, tgt, str(tmp_path / "ms"), max_trials_global=8, num_trials_per_iter=8,
+                                     space=tune.vnni_space(), database="memory")
+    sch = ms.tir_integration.compile_tir(db, mod, tgt)
+    assert sch is not None
+    lib = tvm.tirx.build(sch.mod, target=tgt)
+    out = tvm.runtime.tensor(np.zeros((m_, n), np.int32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(wp), out)
+    np.testing.assert_array_equal(out.numpy(), x.astype(np.int64) @ w.astype(np.int64))
+    assert "vpdpbusd" in lib.inspect_source("asm")

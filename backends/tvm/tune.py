@@ -20,10 +20,14 @@ MetaSchedule's logs), so a second compile
 of the same model runs no new trials. ``minutes`` bounds the search: once spent, the remaining
 functions keep what the database already has (or the rule-based schedule).
 
-Not here: a MetaSchedule VNNI tensorization rule. It needs the four workarounds in the TVM probe
-notes (re-registered <64 x i8> intrinsic, [N/16, K/4, 16, 4] pre-packed weights, no RewriteLayout,
-max_vectorize_extent=0); qcc's int8 kernels already get hand-written VNNI schedules, so tuning
-covers the functions those rules leave generic.
+On AVX-512 VNNI targets the int8 kernel functions (qcc's packed conv / dense, rule "conv" or
+"dense") are tuned too, in a search space whose tiling rule tensorizes with vpdpbusd
+(MultiLevelTilingWithIntrin on the re-registered intrinsic of schedules/intrin.py; the weights
+are already packed [.., N/16, .., K/4, 16, 4], so the 16 x 4 tiles are contiguous). As the probe
+notes found, that space must not rewrite layouts (no RewriteLayout postproc) and must not
+vectorize beyond the intrinsic (max_vectorize_extent = 0). The same keep-the-faster rule applies:
+MetaSchedule's tile sizes replace the rule's 7 x 2 pixel x channel-block tile only where measured
+faster.
 """
 
 from __future__ import annotations
@@ -42,9 +46,11 @@ import tvm_ffi
 from qcc.errors import QccError
 
 from . import compat, schedules
-from .schedules.intrin import is_x86_llvm
+from .schedules.intrin import VNNI_16x4, has_vnni, is_x86_llvm
+from .schedules.kernels import CONV_BLOCK, DENSE_BLOCK
 
 TUNED_RULES = ("generic", "matmul")     # plus failed rules: the functions tuning goes after
+VNNI_RULES = (CONV_BLOCK, DENSE_BLOCK)  # tuned in the VNNI space on VNNI targets
 MIN_US = 5.0                            # functions faster than this (rule-based) are not tuned
 _CHUNK = 16                             # trials per tune_tir call: the time budget is checked between calls
 
@@ -91,6 +97,29 @@ def _main(func):
     return func.with_attr("global_symbol", "main")
 
 
+def vnni_space():
+    """MetaSchedule's CPU space with the tiling rule tensorizing int8 reductions by vpdpbusd."""
+    from tvm.s_tir import meta_schedule as ms
+
+    rules = [
+        ms.schedule_rule.AutoInline(into_producer=False, into_consumer=True, inline_const_tensor=True,
+                                    disallow_if_then_else=True, require_injective=True, require_ordered=True),
+        ms.schedule_rule.MultiLevelTilingWithIntrin(
+            VNNI_16x4, structure="SSRSRS", tile_binds=None, max_innermost_factor=64, vector_load_lens=None,
+            reuse_read=None, reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")),
+        # max_vectorize_extent=0: wider vectorization of the tensorized nest fails to build ("Cannot
+        # broadcast lanes=16", TVM probe notes)
+        ms.schedule_rule.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=0,
+                                                    unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+        ms.schedule_rule.RandomComputeLocation(),
+    ]
+    # no RewriteLayout: the weights are packed already, a second layout rewrite breaks the tiles
+    postprocs = [ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteParallelVectorizeUnroll(),
+                 ms.postproc.RewriteReductionBlock(), ms.postproc.RewriteTensorize(vectorize_init_loop=True)]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs,
+                                             mutator_probs=ms.Mutator.create("llvm"))
+
+
 def time_function(func, tgt, arrays, repeat: int = 5) -> float:
     """Median seconds of one call of `func` built alone for `tgt`."""
     rt = tvm.tirx.build(tvm.IRModule({"main": _main(func)}), target=tgt)
@@ -128,6 +157,7 @@ class Tuner:
             raise QccError(f"--tune-minutes must be positive, got {minutes}")
         check_target(target)
         self.target, self.trials, self.quiet, self.all = target, int(trials), quiet, all_functions
+        self.vnni = has_vnni(target)
         self.max_tasks = max_tasks
         self.deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
         self.tgt = compat.make_target({**target, "num-cores": os.cpu_count() or 1})
@@ -155,7 +185,8 @@ class Tuner:
                 if not isinstance(func, tvm.tirx.PrimFunc) or gv.name_hint not in self.originals:
                     continue
                 rule = schedules.LAST_REPORT.get(gv.name_hint, "failed")
-                if not (self.all or rule.startswith("failed") or rule in TUNED_RULES):
+                if not (self.all or rule.startswith("failed") or rule in TUNED_RULES
+                        or (self.vnni and rule in VNNI_RULES)):
                     continue
                 arrays = _static_args(self.originals[gv.name_hint])
                 if arrays is None:
@@ -168,11 +199,11 @@ class Tuner:
                     continue
                 if t_rule * 1e6 < MIN_US:
                     continue        # too small for a measured trial to pay off
-                candidates.append((t_rule, gv, func, arrays))
+                candidates.append((t_rule, gv, func, arrays, self.vnni and rule in VNNI_RULES))
             # the slowest functions first: a time budget or max_tasks leaves the cheap ones
             candidates.sort(key=lambda c: -c[0])
-            for t_rule, gv, func, arrays in candidates[:self.max_tasks]:
-                new = self._tune_one(gv.name_hint, self.originals[gv.name_hint], func, arrays, t_rule)
+            for t_rule, gv, func, arrays, vnni in candidates[:self.max_tasks]:
+                new = self._tune_one(gv.name_hint, self.originals[gv.name_hint], func, arrays, t_rule, vnni)
                 if new is not None:
                     mod[gv] = new
             self.info["tune_s"] = round(self.info["tune_s"] + time.perf_counter() - t0, 3)
@@ -180,7 +211,7 @@ class Tuner:
         return _tune
 
     # -- one function ---------------------------------------------------------------------------
-    def _tune_one(self, name, original, rule_func, arrays, t_rule):
+    def _tune_one(self, name, original, rule_func, arrays, t_rule, vnni=False):
         from tvm.s_tir import meta_schedule as ms
 
         self.info["tasks"] += 1
@@ -192,7 +223,7 @@ class Tuner:
         if done >= self.trials:
             self.info["reused"] += 1
         else:
-            done = self._search(name, wl, db, key, counts, done)
+            done = self._search(name, wl, db, key, counts, done, vnni)
         sch = db.query_schedule(wl, target=self.tgt, workload_name="main") if db.has_workload(wl) else None
         if sch is None:
             self.info["functions"][name] = "no valid tuned schedule"
@@ -207,7 +238,8 @@ class Tuner:
             self.info["functions"][name] = f"kept rule: {type(exc).__name__}"
             self.info["kept_rule"] += 1
             return None
-        entry = {"rule_us": round(t_rule * 1e6, 2), "tuned_us": round(t_tuned * 1e6, 2), "trials": done}
+        entry = {"rule_us": round(t_rule * 1e6, 2), "tuned_us": round(t_tuned * 1e6, 2), "trials": done,
+                 "space": "vnni" if vnni else "default"}
         if t_tuned < t_rule:
             self.info["tuned"] += 1
             self.info["functions"][name] = {**entry, "used": "tuned"}
@@ -216,7 +248,7 @@ class Tuner:
         self.info["functions"][name] = {**entry, "used": "rule"}
         return None
 
-    def _search(self, name, wl, db, key, counts, done):
+    def _search(self, name, wl, db, key, counts, done, vnni=False):
         from tvm.s_tir import meta_schedule as ms
         from tqdm import tqdm
 
@@ -231,7 +263,8 @@ class Tuner:
                 n = min(_CHUNK, self.trials - done)
                 work = self.folder / "logs" / key     # MetaSchedule's logs: why a trial failed
                 ms.tir_integration.tune_tir(wl, target=self.tgt, work_dir=str(work), max_trials_global=n,
-                                            num_trials_per_iter=n, database=db, seed=done)
+                                            num_trials_per_iter=n, database=db, seed=done,
+                                            **({"space": vnni_space()} if vnni else {}))
                 done += n
                 counts.add(key, n)
                 self.info["new_trials"] += n
