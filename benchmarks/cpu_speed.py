@@ -14,6 +14,9 @@
   peak = measured vpdpbusd/ns summed over one copy of benchmarks/vnni_peak.c per core, run at
   once, x 64 MAC x 2 op (AVX-512 vpdpbusd: 16 lanes x 4 u8*s8 products); without a C compiler,
   estimated as cores x VNNI ports x 64 x 2 x nominal GHz.
+- tune (with --tune TRIALS): the model built again with MetaSchedule tuning (backends/tvm/tune.py,
+  VNNI space for the int8 kernels, --tune-minutes budget, a fresh database), timed side by side
+  with the rule-based build; the tuning report (functions tuned / kept) is printed too.
 resnet18 is a torch ResNet-18 (basic blocks [2, 2, 2, 2], random weights; torchvision is not
 installed), minilm the zoo all-MiniLM-L6 encoder at 128 tokens.
 """
@@ -157,6 +160,30 @@ def latency(name: str, target: dict, work: Path, runs: int, threads: int, n_cali
     return res.qdq_model, calib
 
 
+def tuned_latency(name: str, qdq_model, calib, target: dict, work: Path, runs: int, trials: int,
+                  minutes: float | None) -> None:
+    """Rule-based vs MetaSchedule-tuned build of the same QDQ model, timed side by side."""
+    from qcc.backends import tvm as tvm_backend
+
+    one = {k: v[:1] for k, v in calib.items()}
+    shapes = tvm_backend.input_shapes_from(calib)
+    os.environ["QCC_TUNE_DB"] = str(work / f"tune-db-{name}")    # fresh: the trials are spent here
+    t0 = time.perf_counter()
+    info = tvm_backend.build(qdq_model, target, work / f"tuned-{name}", input_shapes=shapes,
+                             tune={"trials": trials, "minutes": minutes, "quiet": True})
+    tune_s = time.perf_counter() - t0
+    tvm_backend.build(qdq_model, target, work / f"rule-{name}", input_shapes=shapes)
+    tuned, rule = tvm_backend.Runner(work / f"tuned-{name}"), tvm_backend.Runner(work / f"rule-{name}")
+    same = all(np.array_equal(a, b) for a, b in zip(tuned.run(one), rule.run(one)))
+    ms = _medians({"rule": lambda: rule.run(one), "tuned": lambda: tuned.run(one)}, runs)
+    t = info["tune"]
+    emit(figure="tune", model=name, trials_per_function=trials, minutes=minutes, tune_build_s=round(tune_s, 1),
+         rule_ms=round(ms["rule"], 3), tuned_ms=round(ms["tuned"], 3), tuned_vs_rule=round(ms["tuned"] / ms["rule"], 3),
+         outputs_identical=same, tasks=t["tasks"], functions_tuned=t["tuned"], functions_kept_rule=t["kept_rule"],
+         new_trials=t["new_trials"], time_budget_hit=bool(t.get("time_budget_hit")),
+         functions={k: v for k, v in t["functions"].items() if isinstance(v, dict)})
+
+
 def compile_time(qdq_model, calib, target: dict, work: Path) -> None:
     from qcc.backends import tvm as tvm_backend
 
@@ -297,6 +324,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=THREADS_DEFAULT)
     ap.add_argument("--n-calib", type=int, default=16)
     ap.add_argument("--mcpu", default=None)
+    ap.add_argument("--tune", type=int, metavar="TRIALS", help="also build with MetaSchedule tuning and compare")
+    ap.add_argument("--tune-minutes", type=float, default=None)
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)   # read when TVM's thread pool starts
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -311,6 +340,8 @@ def main(argv=None) -> int:
             if name == "mobilenetv2":
                 compile_time(qdq, calib, target, work)
                 vnni_report(qdq, calib, target, args.threads)
+            if args.tune:
+                tuned_latency(name, qdq, calib, target, work, args.runs, args.tune, args.tune_minutes)
     return 0
 
 

@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--override", nargs="+", default=[], metavar="TENSOR=SCHEME",
                    help="per-tensor scheme (a scheme name or 'float') for an activation or weight")
     c.add_argument("--tune", type=int, metavar="TRIALS",
-                   help="llvm (x86-64): MetaSchedule-tune the generically scheduled functions, TRIALS trials "
+                   help="llvm (x86-64): MetaSchedule-tune the generically scheduled functions and, on AVX-512 "
+                        "VNNI CPUs, the int8 conv / dense kernels in a vpdpbusd-tensorizing space, TRIALS trials "
                         "each; a tuned schedule is used only where it measures faster (database: $QCC_TUNE_DB "
                         "or ~/.cache/qcc/tune-db)")
     c.add_argument("--tune-minutes", type=float, metavar="M", help="stop tuning after M minutes (keeps the best found)")
