@@ -258,8 +258,10 @@ def test_non_x86_target_is_left_alone():
 
 
 @pytest.mark.skipif(not is_x86_llvm(TARGET), reason="x86 schedules")
-def test_activation_matmul_matches_default_build():
+@pytest.mark.parametrize("mcpu", [None, "haswell"])   # this CPU (VNNI here), and AVX2: the matmul rule
+def test_activation_matmul_matches_default_build(mcpu):
     """Attention-style activation x activation matmul (odd sizes) with its requantize epilogue."""
+    target = TARGET if mcpu is None else {"kind": "llvm", "mcpu": mcpu}
     bb = relax.BlockBuilder()
     a = relax.Var("a", relax.TensorType((1, 3, 5, 7), "uint8"))
     b = relax.Var("b", relax.TensorType((1, 3, 7, 37), "uint8"))
@@ -272,8 +274,10 @@ def test_activation_matmul_matches_default_build():
     mod = bb.get()
     xa = RNG.integers(0, 256, (1, 3, 5, 7), dtype=np.uint8)
     xb = RNG.integers(0, 256, (1, 3, 7, 37), dtype=np.uint8)
-    ex, _ = schedules.compile_module(mod, TARGET)
-    assert schedules.LAST_INFO["functions"].get("matmul") == 1
+    ex, _ = schedules.compile_module(mod, target)
+    # VNNI: packed at run time onto the dense kernel; otherwise the matmul rule
+    rule = kernels.DENSE_BLOCK if has_vnni(target) else "matmul"
+    assert schedules.LAST_INFO["functions"].get(rule) == 1
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(xb)).numpy()
     ref = np.clip((xa.astype(np.int64) @ xb.astype(np.int64)) >> 9, 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(got, ref)
@@ -301,3 +305,26 @@ def test_lrint_requantize_is_exact_on_ties(zp):
     ex, _ = compat.compile_module(mod, TARGET)
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, np.clip(np.round(x) + zp, 0, 255).astype(np.uint8))
+
+
+@needs_vnni
+@pytest.mark.parametrize("bdtype", ["uint8", "int8"])
+def test_activation_matmul_runs_on_vnni_exactly(bdtype):
+    """uint8 activation @ activation (attention's products): packed at run time and run on vpdpbusd,
+    uint8 b shifted by 128 with the 128 * rowsum(a) term added back; K and N not multiples of 4 / 16."""
+    a = relax.Var("a", relax.TensorType((1, 3, 9, 22), "uint8"))
+    b = relax.Var("b", relax.TensorType((1, 3, 22, 37), bdtype))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            out = bb.emit_output(R.matmul(a, b, out_dtype="int32"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    ex, _ = schedules.compile_module(mod, TARGET)
+    info = dict(schedules.LAST_INFO)
+    assert info["kernels"].get("dense_vnni") == 1 and info["functions"].get("failed", 0) == 0
+    lo, hi = (0, 256) if bdtype == "uint8" else (-128, 128)
+    av = RNG.integers(0, 256, (1, 3, 9, 22), dtype=np.uint8)
+    bv = RNG.integers(lo, hi, (1, 3, 22, 37)).astype(bdtype)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(av), tvm.runtime.tensor(bv)).numpy()
+    np.testing.assert_array_equal(got, av.astype(np.int64) @ bv.astype(np.int64))

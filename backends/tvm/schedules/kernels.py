@@ -180,6 +180,49 @@ def depthwise_nhwc_vnni(x, wv, strides, pads, dilation):
         name=DW_VNNI_BLOCK)
 
 
+def pack_rhs_u8(b):
+    """Run-time packing of an activation right-hand side b: [B, K, N] uint8 -> [B, N16/16, K4/4, 16, 4]
+    int8 holding b - 128 (zero padded), so that a @ b = a @ (b - 128) + 128 * rowsum(a) runs on
+    vpdpbusd (uint8 x int8)."""
+    bt, k, n = (int(d) for d in b.shape)
+    nb, kb = ceil_to(n, 16) // 16, ceil_to(k, 4) // 4
+
+    def f(i, jb, qb, j, q):
+        kk, nn = qb * 4 + q, jb * 16 + j
+        inside = te.all(kk < k, nn < n)
+        v = b[i, te.min(kk, k - 1), te.min(nn, n - 1)].astype("int32") - 128
+        return te.if_then_else(inside, v, 0).astype("int8")
+    return te.compute((bt, nb, kb, 16, 4), f, name="qcc_pack_rhs")
+
+
+def pack_rhs_s8(b):
+    """pack_rhs_u8 for an int8 right-hand side: packed as is."""
+    bt, k, n = (int(d) for d in b.shape)
+    nb, kb = ceil_to(n, 16) // 16, ceil_to(k, 4) // 4
+
+    def f(i, jb, qb, j, q):
+        kk, nn = qb * 4 + q, jb * 16 + j
+        return te.if_then_else(te.all(kk < k, nn < n), b[i, te.min(kk, k - 1), te.min(nn, n - 1)],
+                               te.const(0, "int8"))
+    return te.compute((bt, nb, kb, 16, 4), f, name="qcc_pack_rhs")
+
+
+def batch_dense_packed(x, wp):
+    """x: [B, M, K] uint8, wp: [B, N16/16, K4/4, 16, 4] int8 -> y [B, M, N16] int32 (per-batch dense)."""
+    bt, m, k = (int(d) for d in x.shape)
+    _, nb, kb, _, _ = (int(d) for d in wp.shape)
+    if kb * 4 != k:
+        xk = x
+        x = te.compute((bt, m, kb * 4), lambda b, i, j: te.if_then_else(
+            j < k, xk[b, i, te.min(j, k - 1)], te.const(0, xk.dtype)), name=PAD_BLOCK)
+    r = te.reduce_axis((0, kb * 4), "rk")
+    return te.compute(
+        (bt, m, nb * 16),
+        lambda b, i, j: te.sum(x[b, i, r].astype("int32") * wp[b, j // 16, r // 4, j % 16, r % 4].astype("int32"),
+                               axis=r),
+        name=DENSE_BLOCK)
+
+
 def dense_packed(x, wp):
     """x: [M, K] uint8, wp: [N16/16, K4/4, 16, 4] int8 -> y [M, N16] int32."""
     m, k = (int(d) for d in x.shape)

@@ -21,6 +21,9 @@ Rules (t(.) of an operand: its twin, or a permute of it, or a constant permuted 
     concat(axis=1)                                     ->  concat(axis=3)
     pad(pad_width over N, C, H, W)                     ->  pad over N, H, W, C
     matmul(x uint8 [.., K], w const int8 [K, N]) int32 ->  reshape(slice_N(qcc dense_packed(x2d, pack(w))))
+    matmul(x uint8 [.., M, K], b uint8 [.., K, N]) int32 (activations, e.g. attention)
+                                                       ->  batch_dense_packed(x, pack_rhs(b - 128))
+                                                           + 128 * rowsum(x)   (int8 b: no shift)
 
 An elementwise op is rewritten only when one operand already has a twin (a graph that never meets a
 conv keeps its layout). Values with a dynamic dimension are left alone.
@@ -246,10 +249,36 @@ class _ChannelsLast(compat.PyExprMutator):
             self.lane[y] = self.lane[self.twin[x]]
         return y
 
+    def _matmul_activations(self, x, b, xs, bs):
+        """uint8 activation @ uint8 / int8 activation (attention's products) on VNNI: b packed at run
+        time, as b - 128 when uint8 (kernels.pack_rhs_u8) with the 128 * rowsum(x) term added back."""
+        bdt = compat.tensor_dtype(b)
+        if len(xs) != len(bs) or len(xs) < 2 or xs[:-2] != bs[:-2] or xs[-1] != bs[-2] or bdt not in ("uint8", "int8"):
+            return None
+        m, k, n = xs[-2], xs[-1], bs[-1]
+        bt = int(np.prod(xs[:-2])) if len(xs) > 2 else 1
+        x3 = self.builder_.emit(R.reshape(x, [bt, m, k]))
+        b3 = self.builder_.emit(R.reshape(b, [bt, k, n]))
+        if bdt == "uint8":
+            bp = self.builder_.emit_te(kernels.pack_rhs_u8, b3, primfunc_name_hint="qcc_pack_rhs")
+        else:
+            bp = self.builder_.emit_te(kernels.pack_rhs_s8, b3, primfunc_name_hint="qcc_pack_rhs")
+        y = self.builder_.emit_te(kernels.batch_dense_packed, x3, bp, primfunc_name_hint="qcc_dense_vnni")
+        if kernels.ceil_to(n, 16) != n:
+            y = self.builder_.emit(R.strided_slice(y, axes=[2], begin=[0], end=[n]))
+        if bdt == "uint8":
+            rowsum = R.sum(R.astype(x3, "int32"), axis=[2], keepdims=True)
+            y = self.builder_.emit(R.add(y, R.multiply(rowsum, compat.const(np.int32(128)))))
+        self._count("dense_vnni", bt * m * k * n)
+        return ("plain", self.builder_.emit(R.reshape(y, xs[:-1] + [n])))
+
     def _matmul(self, call, args):
         x, w = args[0], call.args[1]
         wq = compat.const_numpy(w)
         xs = _static_shape(x)
+        if (self.vnni and wq is None and xs is not None and compat.tensor_dtype(x) == "uint8"
+                and str(call.attrs.out_dtype) == "int32" and _static_shape(args[1]) is not None):
+            return self._matmul_activations(x, args[1], xs, _static_shape(args[1]))
         if (not self.vnni or wq is None or wq.dtype != np.int8 or wq.ndim != 2 or xs is None or len(xs) < 2
                 or compat.tensor_dtype(x) != "uint8" or str(call.attrs.out_dtype) != "int32"):
             return None

@@ -187,7 +187,7 @@ def schedule_dense(sch, mt_max=4, nbt_max=4):
     d = sch.get_sblock(DENSE_BLOCK)
     epi = _inline_epilogue(sch, d)
     acc = sch.cache_write(d, 0, ACC_SCOPE)
-    m, n, rk = sch.get_loops(d)
+    *batch, m, n, rk = sch.get_loops(d)     # batch: kernels.batch_dense_packed
     mt = _divisor(_extent(sch, m), mt_max)
     nb = _extent(sch, n) // 16
     nbt = _divisor(nb, nbt_max)
@@ -195,8 +195,8 @@ def schedule_dense(sch, mt_max=4, nbt_max=4):
     nbo, n16 = sch.split(n, [None, 16])
     nbo, nbi = sch.split(nbo, [None, nbt])
     rkb, rk4 = sch.split(rk, [None, 4])
-    sch.reorder(mo, nbo, rkb, mi, nbi, n16, rk4)
-    outer = sch.fuse(mo, nbo)
+    sch.reorder(*batch, mo, nbo, rkb, mi, nbi, n16, rk4)
+    outer = sch.fuse(*batch, mo, nbo)
     sch.parallel(outer)
     sch.reverse_compute_at(acc, outer)
     init = sch.decompose_reduction(d, rkb)
