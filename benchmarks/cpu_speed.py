@@ -2,8 +2,8 @@
 
     python benchmarks/cpu_speed.py [--models mobilenetv2,resnet18,minilm] [--runs 30] [--threads 2]
 
-- latency: batch 1, `--threads` threads for every engine, medians of `--runs` calls, taken in one
-  process in 5 rotations of per-engine blocks (side by side, so machine load hits all alike):
+- latency: batch 1, `--threads` threads for every engine, medians of `--runs` calls, each engine in
+  its own process, in 5 rotations of per-engine blocks (side by side, so machine load hits all alike):
   the qcc TVM artifact, onnxruntime FP32, onnxruntime int8 QDQ from quantize_static (U8/S8
   per-channel MinMax, as benchmarks/ort_baseline.py) and onnxruntime on qcc's own QDQ model.
   Ratios: tvm / ort_int8 (quantize_static), tvm / ort_qcc_qdq, tvm / ort_fp32.
@@ -34,6 +34,7 @@ from pathlib import Path
 THREADS_DEFAULT = 2
 
 import numpy as np
+import onnx
 
 
 def emit(**kv) -> None:
@@ -109,27 +110,74 @@ def load(name: str, work: Path, n_calib: int):
 # figures
 # ---------------------------------------------------------------------------------------------
 
-def _medians(fns: dict, runs: int, rounds: int = 5, warmup: int = 2) -> dict:
-    """Median ms per engine. Engines run in blocks (warm-up + runs/rounds calls each), the blocks
-    rotated `rounds` times: interleaving single calls would let one engine's idle worker threads
-    (onnxruntime and TVM both spin-wait after a parallel region) steal the 2 cores from the next."""
-    times = {k: [] for k in fns}
-    per = max(1, runs // rounds)
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            for _ in range(warmup):
-                fn()
-            for _ in range(per):
-                t = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t)
+def _engine_worker(conn, kind: str, path: str, feeds: dict, threads: int) -> None:
+    """One engine in its own process: loads it, then runs `n` timed calls per request."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    if kind == "tvm":
+        from qcc.backends import tvm as tvm_backend
+
+        runner = tvm_backend.Runner(path)
+        fn = lambda: runner.run(feeds)   # noqa: E731
+    else:
+        from qcc.backends import onnxruntime as ort_backend
+
+        sess = ort_backend.make_session(path, threads=threads)
+        fn = lambda: sess.run(None, feeds)   # noqa: E731
+    conn.send("ready")
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        n, warmup = msg
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        conn.send(times)
+
+
+def _medians(engines: dict, feeds: dict, threads: int, runs: int, rounds: int = 5, warmup: int = 3) -> dict:
+    """Median ms per engine; engines = {name: ("tvm", artifact dir) | ("ort", model path)}. Each
+    engine runs in its own process (as it would deployed), so one engine's idle worker threads
+    (onnxruntime and TVM both spin-wait after a parallel region) never share a process with another's;
+    the engines run in blocks of runs/rounds calls, the blocks rotated `rounds` times, so machine
+    load hits all alike."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs, conns = {}, {}
+    try:
+        for name, (kind, path) in engines.items():
+            parent, child = ctx.Pipe()
+            procs[name] = ctx.Process(target=_engine_worker, args=(child, kind, str(path), feeds, threads), daemon=True)
+            procs[name].start()
+            conns[name] = parent
+        for c in conns.values():
+            if c.recv() != "ready":
+                raise RuntimeError("engine worker failed to start")
+        times = {k: [] for k in engines}
+        per = max(1, runs // rounds)
+        for _ in range(rounds):
+            for name, c in conns.items():
+                c.send((per, warmup))
+                times[name] += c.recv()
+    finally:
+        for name, c in conns.items():
+            try:
+                c.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for p in procs.values():
+            p.join(timeout=30)
     return {k: float(np.median(v) * 1e3) for k, v in times.items()}
 
 
 def latency(name: str, target: dict, work: Path, runs: int, threads: int, n_calib: int):
     import qcc
     from ort_baseline import ort_quantize_static
-    from qcc.backends import onnxruntime as ort_backend
     from qcc.backends import tvm as tvm_backend
 
     path, calib = load(name, work, n_calib)
@@ -137,19 +185,15 @@ def latency(name: str, target: dict, work: Path, runs: int, threads: int, n_cali
     res = qcc.compile_model(str(path), calib, progress=False)
     out = work / f"tvm-{name}"
     info = tvm_backend.build(res.qdq_model, target, out, input_shapes=tvm_backend.input_shapes_from(calib))
-    runner = tvm_backend.Runner(out)
-    engines = {"tvm_int8": lambda: runner.run(one)}
-    sessions = {"ort_fp32": ort_backend.make_session(path, threads=threads),
-                "ort_qcc_qdq": ort_backend.make_session(res.qdq_model, threads=threads)}
+    qdq_path = work / f"{name}.qcc_qdq.onnx"
+    onnx.save(res.qdq_model, str(qdq_path))
+    engines = {"tvm_int8": ("tvm", out), "ort_fp32": ("ort", path), "ort_qcc_qdq": ("ort", qdq_path)}
     fig = {}
     try:
-        ort_q = ort_quantize_static(path, calib, work / f"{name}.ort_qdq.onnx")
-        sessions["ort_int8"] = ort_backend.make_session(ort_q, threads=threads)
+        engines["ort_int8"] = ("ort", ort_quantize_static(path, calib, work / f"{name}.ort_qdq.onnx"))
     except Exception as exc:  # noqa: BLE001 - report, keep the other figures
         fig["ort_quantize_static_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-    for key, sess in sessions.items():
-        engines[key] = lambda s=sess: s.run(None, one)
-    ms = _medians(engines, runs)
+    ms = _medians(engines, one, threads, runs)
     t = ms["tvm_int8"]
     emit(figure="latency", model=name, batch=1, threads=threads, runs=runs, mcpu=info["mcpu"],
          **{f"{k}_ms": round(v, 3) for k, v in ms.items()}, **fig,
@@ -175,7 +219,9 @@ def tuned_latency(name: str, qdq_model, calib, target: dict, work: Path, runs: i
     tvm_backend.build(qdq_model, target, work / f"rule-{name}", input_shapes=shapes)
     tuned, rule = tvm_backend.Runner(work / f"tuned-{name}"), tvm_backend.Runner(work / f"rule-{name}")
     same = all(np.array_equal(a, b) for a, b in zip(tuned.run(one), rule.run(one)))
-    ms = _medians({"rule": lambda: rule.run(one), "tuned": lambda: tuned.run(one)}, runs)
+    del tuned, rule
+    ms = _medians({"rule": ("tvm", work / f"rule-{name}"), "tuned": ("tvm", work / f"tuned-{name}")}, one,
+                  int(os.environ.get("TVM_NUM_THREADS", THREADS_DEFAULT)), runs)
     t = info["tune"]
     emit(figure="tune", model=name, trials_per_function=trials, minutes=minutes, tune_build_s=round(tune_s, 1),
          rule_ms=round(ms["rule"], 3), tuned_ms=round(ms["tuned"], 3), tuned_vs_rule=round(ms["tuned"] / ms["rule"], 3),

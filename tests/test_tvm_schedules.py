@@ -328,3 +328,29 @@ def test_activation_matmul_runs_on_vnni_exactly(bdtype):
     bv = RNG.integers(lo, hi, (1, 3, 22, 37)).astype(bdtype)
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(av), tvm.runtime.tensor(bv)).numpy()
     np.testing.assert_array_equal(got, av.astype(np.int64) @ bv.astype(np.int64))
+
+
+@pytest.mark.skipif(not is_x86_llvm(TARGET), reason="x86 schedules")
+def test_row_rule_softmax_and_layer_norm_bit_identical():
+    """Softmax and layer norm (reductions over the innermost axis) under the row rule: one parallel
+    loop over row groups, each row's sums in their sequential order, so the results equal TVM's
+    default build bit for bit."""
+    x = relax.Var("x", relax.TensorType((2, 3, 24, 40), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            s = bb.emit(R.nn.softmax(x, axis=-1))
+            q = bb.emit(R.astype(R.clip(R.round(R.multiply(s, compat.const(np.float32(255.0)))), 0, 255), "uint8"))
+            ln = bb.emit(R.nn.layer_norm(x, compat.const(RNG.standard_normal(40).astype(np.float32)),
+                                         compat.const(RNG.standard_normal(40).astype(np.float32)), axes=[-1]))
+            out = bb.emit_output(relax.Tuple([q, ln]))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    ex_ref, _ = compat.compile_module(mod, TARGET)
+    ex, _ = schedules.compile_module(mod, TARGET)
+    assert schedules.LAST_INFO["functions"].get("rows", 0) >= 2
+    xv = tvm.runtime.tensor((RNG.standard_normal((2, 3, 24, 40)) * 4).astype(np.float32))
+    got = [o.numpy() for o in relax.VirtualMachine(ex, tvm.cpu())["main"](xv)]
+    ref = [o.numpy() for o in relax.VirtualMachine(ex_ref, tvm.cpu())["main"](xv)]
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(g, r)

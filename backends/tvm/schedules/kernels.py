@@ -180,59 +180,66 @@ def depthwise_nhwc_vnni(x, wv, strides, pads, dilation):
         name=DW_VNNI_BLOCK)
 
 
-def pack_rhs_u8(b):
-    """Run-time packing of an activation right-hand side b: [B, K, N] uint8 -> [B, N16/16, K4/4, 16, 4]
-    int8 holding b - 128 (zero padded), so that a @ b = a @ (b - 128) + 128 * rowsum(a) runs on
-    vpdpbusd (uint8 x int8)."""
-    bt, k, n = (int(d) for d in b.shape)
+def _flat(idx, dims):
+    """Row-major flat index of `idx` in `dims`."""
+    f = 0
+    for i, d in zip(idx, dims):
+        f = f * d + i
+    return f
+
+
+def pack_rhs(b):
+    """Run-time packing of an activation right-hand side b: [.., K, N] uint8 / int8 -> [B, N16/16,
+    K4/4, 16, 4] int8 (B = product of the leading dims, zero padded). uint8 is stored as b - 128,
+    so that a @ b = a @ (b - 128) + 128 * rowsum(a) runs on vpdpbusd (uint8 x int8)."""
+    *lead, k, n = (int(d) for d in b.shape)
+    bt = int(np.prod(lead)) if lead else 1
     nb, kb = ceil_to(n, 16) // 16, ceil_to(k, 4) // 4
+    shift = 128 if b.dtype == "uint8" else 0
 
     def f(i, jb, qb, j, q):
         kk, nn = qb * 4 + q, jb * 16 + j
-        inside = te.all(kk < k, nn < n)
-        v = b[i, te.min(kk, k - 1), te.min(nn, n - 1)].astype("int32") - 128
-        return te.if_then_else(inside, v, 0).astype("int8")
-    return te.compute((bt, nb, kb, 16, 4), f, name="qcc_pack_rhs")
-
-
-def pack_rhs_s8(b):
-    """pack_rhs_u8 for an int8 right-hand side: packed as is."""
-    bt, k, n = (int(d) for d in b.shape)
-    nb, kb = ceil_to(n, 16) // 16, ceil_to(k, 4) // 4
-
-    def f(i, jb, qb, j, q):
-        kk, nn = qb * 4 + q, jb * 16 + j
-        return te.if_then_else(te.all(kk < k, nn < n), b[i, te.min(kk, k - 1), te.min(nn, n - 1)],
-                               te.const(0, "int8"))
+        idx, rest = [], i
+        for d in reversed(lead):       # the flat batch index back to the leading dims
+            idx.insert(0, rest % d)
+            rest = rest // d
+        v = b[(*idx, te.min(kk, k - 1), te.min(nn, n - 1))].astype("int32") - shift
+        return te.if_then_else(te.all(kk < k, nn < n), v, 0).astype("int8")
     return te.compute((bt, nb, kb, 16, 4), f, name="qcc_pack_rhs")
 
 
 def batch_dense_packed(x, wp):
-    """x: [B, M, K] uint8, wp: [B, N16/16, K4/4, 16, 4] int8 -> y [B, M, N16] int32 (per-batch dense)."""
-    bt, m, k = (int(d) for d in x.shape)
+    """x: [.., M, K] uint8, wp: pack_rhs of b [.., K, N] -> y [.., M, N16] int32 (per-batch dense)."""
+    *lead, m, k = (int(d) for d in x.shape)
     _, nb, kb, _, _ = (int(d) for d in wp.shape)
-    if kb * 4 != k:
-        xk = x
-        x = te.compute((bt, m, kb * 4), lambda b, i, j: te.if_then_else(
-            j < k, xk[b, i, te.min(j, k - 1)], te.const(0, xk.dtype)), name=PAD_BLOCK)
+    x = _pad_k(x, kb * 4)
     r = te.reduce_axis((0, kb * 4), "rk")
     return te.compute(
-        (bt, m, nb * 16),
-        lambda b, i, j: te.sum(x[b, i, r].astype("int32") * wp[b, j // 16, r // 4, j % 16, r % 4].astype("int32"),
-                               axis=r),
+        (*lead, m, nb * 16),
+        lambda *i: te.sum(x[(*i[:-1], r)].astype("int32")
+                          * wp[_flat(i[:-2], lead), i[-1] // 16, r // 4, i[-1] % 16, r % 4].astype("int32"),
+                          axis=r),
         name=DENSE_BLOCK)
 
 
 def dense_packed(x, wp):
-    """x: [M, K] uint8, wp: [N16/16, K4/4, 16, 4] int8 -> y [M, N16] int32."""
-    m, k = (int(d) for d in x.shape)
+    """x: [.., M, K] uint8, wp: [N16/16, K4/4, 16, 4] int8 -> y [.., M, N16] int32. The leading dims
+    stay (no reshape around the kernel, which would stop FuseOps from fusing the epilogue)."""
+    *lead, k = (int(d) for d in x.shape)
     nb, kb, _, _ = (int(d) for d in wp.shape)
-    if kb * 4 != k:
-        xk = x
-        x = te.compute((m, kb * 4), lambda i, j: te.if_then_else(j < k, xk[i, te.min(j, k - 1)],
-                                                                  te.const(0, xk.dtype)), name=PAD_BLOCK)
+    x = _pad_k(x, kb * 4)
     r = te.reduce_axis((0, kb * 4), "rk")
     return te.compute(
-        (m, nb * 16),
-        lambda i, j: te.sum(x[i, r].astype("int32") * wp[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r),
+        (*lead, nb * 16),
+        lambda *i: te.sum(x[(*i[:-1], r)].astype("int32")
+                          * wp[i[-1] // 16, r // 4, i[-1] % 16, r % 4].astype("int32"), axis=r),
         name=DENSE_BLOCK)
+
+
+def _pad_k(x, k4: int):
+    """x zero-padded along its last axis to k4."""
+    *lead, k = (int(d) for d in x.shape)
+    if k4 == k:
+        return x
+    return te.compute((*lead, k4), lambda *i: te.if_then_else(
+        i[-1] < k, x[(*i[:-1], te.min(i[-1], k - 1))], te.const(0, x.dtype)), name=PAD_BLOCK)

@@ -20,7 +20,7 @@ Rules (t(.) of an operand: its twin, or a permute of it, or a constant permuted 
     max_pool2d / avg_pool2d                            ->  layout="NHWC"
     concat(axis=1)                                     ->  concat(axis=3)
     pad(pad_width over N, C, H, W)                     ->  pad over N, H, W, C
-    matmul(x uint8 [.., K], w const int8 [K, N]) int32 ->  reshape(slice_N(qcc dense_packed(x2d, pack(w))))
+    matmul(x uint8 [.., K], w const int8 [K, N]) int32 ->  slice_N(qcc dense_packed(x, pack(w)))
     matmul(x uint8 [.., M, K], b uint8 [.., K, N]) int32 (activations, e.g. attention)
                                                        ->  batch_dense_packed(x, pack_rhs(b - 128))
                                                            + 128 * rowsum(x)   (int8 b: no shift)
@@ -251,26 +251,20 @@ class _ChannelsLast(compat.PyExprMutator):
 
     def _matmul_activations(self, x, b, xs, bs):
         """uint8 activation @ uint8 / int8 activation (attention's products) on VNNI: b packed at run
-        time, as b - 128 when uint8 (kernels.pack_rhs_u8) with the 128 * rowsum(x) term added back."""
+        time, as b - 128 when uint8 (kernels.pack_rhs) with the 128 * rowsum(x) term added back."""
         bdt = compat.tensor_dtype(b)
         if len(xs) != len(bs) or len(xs) < 2 or xs[:-2] != bs[:-2] or xs[-1] != bs[-2] or bdt not in ("uint8", "int8"):
             return None
         m, k, n = xs[-2], xs[-1], bs[-1]
-        bt = int(np.prod(xs[:-2])) if len(xs) > 2 else 1
-        x3 = self.builder_.emit(R.reshape(x, [bt, m, k]))
-        b3 = self.builder_.emit(R.reshape(b, [bt, k, n]))
-        if bdt == "uint8":
-            bp = self.builder_.emit_te(kernels.pack_rhs_u8, b3, primfunc_name_hint="qcc_pack_rhs")
-        else:
-            bp = self.builder_.emit_te(kernels.pack_rhs_s8, b3, primfunc_name_hint="qcc_pack_rhs")
-        y = self.builder_.emit_te(kernels.batch_dense_packed, x3, bp, primfunc_name_hint="qcc_dense_vnni")
+        bp = self.builder_.emit_te(kernels.pack_rhs, b, primfunc_name_hint="qcc_pack_rhs")
+        y = self.builder_.emit_te(kernels.batch_dense_packed, x, bp, primfunc_name_hint="qcc_dense_vnni")
         if kernels.ceil_to(n, 16) != n:
-            y = self.builder_.emit(R.strided_slice(y, axes=[2], begin=[0], end=[n]))
+            y = self.builder_.emit(R.strided_slice(y, axes=[len(xs) - 1], begin=[0], end=[n]))
         if bdt == "uint8":
-            rowsum = R.sum(R.astype(x3, "int32"), axis=[2], keepdims=True)
+            rowsum = R.sum(R.astype(x, "int32"), axis=[-1], keepdims=True)
             y = self.builder_.emit(R.add(y, R.multiply(rowsum, compat.const(np.int32(128)))))
-        self._count("dense_vnni", bt * m * k * n)
-        return ("plain", self.builder_.emit(R.reshape(y, xs[:-1] + [n])))
+        self._count("dense_vnni", int(np.prod(xs[:-2])) * m * k * n)
+        return ("plain", y)
 
     def _matmul(self, call, args):
         x, w = args[0], call.args[1]
@@ -283,15 +277,11 @@ class _ChannelsLast(compat.PyExprMutator):
                 or compat.tensor_dtype(x) != "uint8" or str(call.attrs.out_dtype) != "int32"):
             return None
         k, n = wq.shape
-        m = int(np.prod(xs[:-1]))
-        x2 = x if len(xs) == 2 else self.builder_.emit(R.reshape(x, [m, k]))
-        y = self.builder_.emit_te(kernels.dense_packed, x2, compat.const(kernels.pack_dense_weight(wq)),
+        y = self.builder_.emit_te(kernels.dense_packed, x, compat.const(kernels.pack_dense_weight(wq)),
                                   primfunc_name_hint="qcc_dense_vnni")
         if kernels.ceil_to(n, 16) != n:
-            y = self.builder_.emit(R.strided_slice(y, axes=[1], begin=[0], end=[n]))
-        if len(xs) != 2:
-            y = self.builder_.emit(R.reshape(y, xs[:-1] + [n]))
-        self._count("dense_vnni", m * k * n)
+            y = self.builder_.emit(R.strided_slice(y, axes=[len(xs) - 1], begin=[0], end=[n]))
+        self._count("dense_vnni", int(np.prod(xs[:-1])) * k * n)
         return ("plain", y)
 
     # -- driver -----------------------------------------------------------------------------
@@ -313,7 +303,11 @@ class _ChannelsLast(compat.PyExprMutator):
         plain = isinstance(out, tuple)
         twin = out[1] if plain else out
         expr = twin if plain else R.permute_dims(self._natural(twin) if twin in self.lane else twin, TO_NCHW)
-        if isinstance(binding.var, compat.DataflowVar):
+        if plain and isinstance(binding.var, compat.DataflowVar):
+            # no alias binding (v = kernel_result): FuseOps does not fuse across one, and the
+            # kernel's epilogue would stay a separate function
+            new_var = twin
+        elif isinstance(binding.var, compat.DataflowVar):
             new_var = self.builder_.emit(expr, binding.var.name)
         else:
             new_var = self.builder_.emit_output(expr, binding.var.name)

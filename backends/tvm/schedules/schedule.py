@@ -14,8 +14,10 @@ elementwise epilogue (bias, float32 requantize, clamp, cast; slices) -> output. 
 - TVM's own matmul block (attention's activation x activation products): reduction outside a
   16-lane output vector and a 4-row tile.
 
-Functions without either get a generic rule: the outermost spatial loops in parallel, the
-innermost loop vectorized when it is elementwise (float fallback ops and layout copies).
+Row-wise functions (softmax, layer norm: reductions over the innermost axis only) run every block
+inside one parallel loop over rows, elementwise blocks inlined. Functions without any of these get
+a generic rule: the outermost spatial loops in parallel, the innermost loop vectorized when it is
+elementwise (float fallback ops and layout copies).
 A rule meets only functions whose structure it was written for; anything it cannot schedule
 raises, and the caller keeps TVM's default code for that function.
 """
@@ -261,6 +263,59 @@ def schedule_generic(sch):
             continue
 
 
+def schedule_rows(sch):
+    """Row-wise functions (softmax, layer norm, their quantize: reductions over the innermost axis
+    only): every block computed inside one parallel loop over the output's rows, the elementwise
+    blocks inlined, so a row makes one pass through L1 and the function one parallel launch (not
+    one per block, each over full-size intermediates)."""
+    root = sch.get_sblock("root")
+    outputs = sch.get_output_blocks(root)
+    if len(outputs) != 1:
+        raise ValueError("row rule: one output block")
+    out = outputs[0]
+    blocks = sch.get_child_blocks(root)
+    reductions = [b for b in blocks if any(int(iv.iter_type) != 0 for iv in sch.get(b).iter_vars)]
+    if not reductions:
+        raise ValueError("row rule: no reduction")
+    rows = [int(sch.get(lp).extent) for lp in sch.get_loops(out)[:-1]]
+    for b in reductions:   # a row reduction: its spatial domain is the output's rows, reduced over one axis
+        ivs = sch.get(b).iter_vars
+        if [int(iv.dom.extent) for iv in ivs if int(iv.iter_type) == 0] != rows or \
+                sum(int(iv.iter_type) != 0 for iv in ivs) != 1 or int(ivs[-1].iter_type) == 0:
+            raise ValueError("row rule: not a reduction over the innermost axis")
+    red_names = {sch.get(b).name_hint for b in reductions}
+    for b in blocks:       # elementwise intermediates inline into elementwise consumers; one a
+        name = sch.get(b).name_hint      # reduction reads (softmax's exp) stays a row buffer, computed once
+        if name == sch.get(out).name_hint or name in red_names:
+            continue
+        if any(sch.get(c).name_hint in red_names for c in sch.get_consumers(b)):
+            continue
+        try:
+            sch.compute_inline(b)
+        except Exception:  # noqa: BLE001, S112 - not inlinable: computed at the row
+            continue
+    *outer, last_row, _ = sch.get_loops(out)
+    # rows in groups of `rt` (a split of the innermost row loop, so the block bindings stay affine):
+    # each reduction runs its k loop outside the rt rows (unrolled), so rt independent accumulator
+    # chains hide the float add latency while every row keeps its sequential summation order
+    # (bit-identical to the one-row loop)
+    rt = _divisor(_extent(sch, last_row), 8)
+    ro, _ = sch.split(last_row, [None, rt])
+    row = sch.fuse(*outer, ro) if outer else ro
+    sch.parallel(row)
+    for b in reversed(sch.get_child_blocks(root)):
+        if sch.get(b).name_hint != sch.get(out).name_hint:
+            sch.compute_at(b, row)
+    for b in sch.get_child_blocks(root):
+        if sch.get(b).name_hint in red_names:
+            r, k = sch.get_loops(b)[-2:]
+            sch.reorder(k, r)
+            sch.decompose_reduction(b, k)
+            sch.unroll(r)
+        elif _vector_dtypes(sch.get(b)):
+            _vectorize_inner(sch, b)
+
+
 def schedule_matmul(sch, rows_max=4):
     """TVM's own (batch) matmul block, e.g. attention's activation x activation products:
     out[.., i, j] = sum_k a[.., i, k] * b[.., k, j]. The reduction moves outside a 16-lane j vector
@@ -319,5 +374,10 @@ def schedule_function(func):
             except Exception:  # noqa: BLE001 - an unusual matmul nest: the generic rule below
                 sch = s_tir.Schedule(func)
                 break
+    try:
+        schedule_rows(sch)
+        return sch.mod["main"], "rows"
+    except Exception:  # noqa: BLE001 - not a row-wise function: the generic rule
+        sch = s_tir.Schedule(func)
     schedule_generic(sch)
     return sch.mod["main"], "generic"
