@@ -139,12 +139,14 @@ def _engine_worker(conn, kind: str, path: str, feeds: dict, threads: int) -> Non
         conn.send(times)
 
 
-def _medians(engines: dict, feeds: dict, threads: int, runs: int, rounds: int = 5, warmup: int = 3) -> dict:
+def _medians(engines: dict, feeds: dict, threads: int, runs: int, rounds: int = 5, warmup: int = 3,
+             settle_s: float = 0.2) -> dict:
     """Median ms per engine; engines = {name: ("tvm", artifact dir) | ("ort", model path)}. Each
     engine runs in its own process (as it would deployed), so one engine's idle worker threads
     (onnxruntime and TVM both spin-wait after a parallel region) never share a process with another's;
     the engines run in blocks of runs/rounds calls, the blocks rotated `rounds` times, so machine
-    load hits all alike."""
+    load hits all alike, with a pause between blocks so no engine's spin-waiting threads overlap
+    the next one's calls."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -162,6 +164,9 @@ def _medians(engines: dict, feeds: dict, threads: int, runs: int, rounds: int = 
         per = max(1, runs // rounds)
         for _ in range(rounds):
             for name, c in conns.items():
+                # the engine timed before spin-waits for ~10 ms after its last call (TVM's pool:
+                # 300000 pause instructions; onnxruntime's likewise): let it go to sleep first
+                time.sleep(settle_s)
                 c.send((per, warmup))
                 times[name] += c.recv()
     finally:

@@ -118,16 +118,22 @@ def schedule_conv(sch, wt_max=None, cbt_max=None):
     _fuse_epilogue(sch, outer, acc, epi)
 
 
-def schedule_depthwise(sch, wt_max=7):
+def schedule_depthwise(sch, wt_max=None):
     dw = sch.get_sblock(DW_BLOCK)
     epi = _inline_epilogue(sch, dw)
     acc = sch.cache_write(dw, 0, ACC_SCOPE)
     n, h, w, c, rh, rw = sch.get_loops(dw)
     cext = _extent(sch, c)
-    wt = _divisor(_extent(sch, w), wt_max)
+    # 32-channel multiples: 2 x 16 lanes per pixel, taps unrolled; else one 16-lane vector and a
+    # longer pixel run (measured best on MobileNetV2's 32 / 96 / 144-channel layers)
+    lanes = 32 if cext % 32 == 0 else 16
+    wt = _divisor(_extent(sch, w), wt_max or (7 if lanes == 32 else 14))
     wo, wi = sch.split(w, [None, wt])
+    if lanes == 32:
+        sch.unroll(rh)
+        sch.unroll(rw)
     if cext % 16 == 0:
-        cb, c16 = sch.split(c, [None, 16])
+        cb, c16 = sch.split(c, [None, lanes])
         sch.reorder(n, h, wo, cb, rh, rw, wi, c16)
         outer = sch.fuse(n, h, wo, cb)
         vec = c16
