@@ -72,12 +72,14 @@ def _run(args, out, arrays, expect_rule):
     return res.numpy(), lib.inspect_source("asm")
 
 
-@needs_vnni
+@pytest.mark.parametrize("kmajor", [False, True])   # VNNI layout (vpdpbusd) / AVX2 k-major (vpmaddwd)
 @pytest.mark.parametrize("c,o,k,stride,pad,hw", [(19, 37, 3, 2, 1, 13), (3, 20, 3, 2, 1, 15), (24, 40, 1, 1, 0, 9)])
-def test_conv2d_vnni_packed(c, o, k, stride, pad, hw):
+def test_conv2d_vnni_packed(c, o, k, stride, pad, hw, kmajor):
+    if not kmajor and not has_vnni(TARGET):
+        pytest.skip("this CPU has no AVX-512 VNNI")
     x = RNG.integers(0, 256, (1, c, hw, hw), dtype=np.uint8)
     w = RNG.integers(-128, 128, (o, c, k, k), dtype=np.int8)
-    wp = kernels.pack_conv_weight(w)
+    wp = kernels.pack_conv_weight(w, kmajor=kmajor)
     xt = te.placeholder((1, hw, hw, c), "uint8", name="x")
     wt = te.placeholder(wp.shape, "int8", name="w")
     y = kernels.conv2d_nhwc_packed(xt, wt, (stride, stride), (pad,) * 4, (1, 1))
@@ -88,7 +90,7 @@ def test_conv2d_vnni_packed(c, o, k, stride, pad, hw):
     got, asm = _run([xt, wt, b, m], out, [x.transpose(0, 2, 3, 1).copy(), wp, bn, mn], kernels.CONV_BLOCK)
     acc = conv_ref(x, w, stride, pad).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(got[..., :o], _epilogue_ref(acc, bn[:o], mn[:o]))
-    assert "vpdpbusd" in asm
+    assert ("vpmaddwd" if kmajor else "vpdpbusd") in asm
 
 
 @pytest.mark.parametrize("c,stride,pad,hw,dtype", [(37, 2, 1, 11, "uint8"), (32, 1, 1, 10, "int8")])
@@ -135,12 +137,14 @@ def test_lane_order_is_a_permutation_per_64_channels():
     np.testing.assert_array_equal(kernels.to_lane_order(a, 1), a[:, nat])
 
 
-@needs_vnni
+@pytest.mark.parametrize("kmajor", [False, True])
 @pytest.mark.parametrize("m_,k,n", [(5, 45, 37), (1, 64, 1000)])
-def test_dense_vnni_packed(m_, k, n):
+def test_dense_vnni_packed(m_, k, n, kmajor):
+    if not kmajor and not has_vnni(TARGET):
+        pytest.skip("this CPU has no AVX-512 VNNI")
     x = RNG.integers(0, 256, (m_, k), dtype=np.uint8)
     w = RNG.integers(-128, 128, (k, n), dtype=np.int8)
-    wp = kernels.pack_dense_weight(w)
+    wp = kernels.pack_dense_weight(w, kmajor=kmajor)
     xt = te.placeholder((m_, k), "uint8", name="x")
     wt = te.placeholder(wp.shape, "int8", name="w")
     y = kernels.dense_packed(xt, wt)
@@ -151,7 +155,7 @@ def test_dense_vnni_packed(m_, k, n):
     got, asm = _run([xt, wt, b, mm], out, [x, wp, bn, mn], kernels.DENSE_BLOCK)
     acc = x.astype(np.int64) @ w.astype(np.int64)
     np.testing.assert_array_equal(got[:, :n], _epilogue_ref(acc, bn[:n], mn[:n]))
-    assert "vpdpbusd" in asm
+    assert ("vpmaddwd" if kmajor else "vpdpbusd") in asm
 
 
 def _requant(acc, c):
@@ -202,8 +206,8 @@ def test_module_matches_default_build(mcpu):
     run = lambda e: relax.VirtualMachine(e, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(run(ex), run(ex_ref))
     assert info["kernels"].get("depthwise") == 1
-    if info["vnni"]:
-        assert info["kernels"].get("conv2d_vnni") == 1 and info["kernels"].get("dense_vnni") == 1
+    isa = "vnni" if info["vnni"] else "avx2"     # AVX2: the same kernels with k-major weights
+    assert info["kernels"].get(f"conv2d_{isa}") == 1 and info["kernels"].get(f"dense_{isa}") == 1
     assert info["functions"].get("failed", 0) == 0
 
 

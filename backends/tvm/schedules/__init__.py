@@ -19,7 +19,7 @@ import tvm
 from tvm import relax
 
 from .. import compat
-from .intrin import has_vnni, is_x86_llvm
+from .intrin import has_avx2, has_vnni, is_x86_llvm
 from .layout import channels_last, int8_macs
 from .rounding import lrint_requantize
 from .schedule import schedule_function
@@ -30,7 +30,7 @@ def optimize(mod, target: dict):
         return mod, {"scheduled": False}
     vnni = has_vnni(target)
     total = int8_macs(mod)
-    mod, counts, macs = channels_last(mod, vnni)
+    mod, counts, macs = channels_last(mod, vnni, has_avx2(target))
     mod, lrint = lrint_requantize(mod)
     return mod, {"scheduled": True, "vnni": vnni, "kernels": counts, "kernel_macs": macs, "int8_macs": total,
                  "lrint_requantize": lrint}

@@ -102,6 +102,11 @@ def is_x86_llvm(target: dict) -> bool:
     return triple.split("-")[0] in ("x86_64", "amd64", "i686")
 
 
+def has_avx2(target: dict) -> bool:
+    """AVX2 available on the target's mcpu (the packed int8 kernels without VNNI)."""
+    return is_x86_llvm(target) and compat.cpu_has_features(target, ["avx2"])
+
+
 def has_vnni(target: dict) -> bool:
     """AVX-512 VNNI (512-bit vpdpbusd) available on the target's mcpu."""
     return is_x86_llvm(target) and compat.cpu_has_features(target, ["avx512vnni", "avx512bw"])

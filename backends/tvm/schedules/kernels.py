@@ -11,7 +11,9 @@ O16 = ceil(O/16)*16:
     y[n, h, w, o] = sum_{kh, kw, c < C4} xp[n, h*sh + kh*dh, w*sw + kw*dw, c] * Wp[o//16, kh, kw, c//4, o%16, c%4]
 
 y has O16 channels (the caller slices back to O); each (o % 16, c % 4) tile is one vpdpbusd
-(intrin.py). Zero padding is exact because the integer lowering pads with the zero point
+(intrin.py). Without VNNI (AVX2) the weights are packed k-major, [.., C4/4, 4, 16], and each of
+the 4 input channels is a 16-lane int32 product of 8-bit operands (LLVM emits vpmaddwd for it:
+exact, unlike vpmaddubsw, which saturates its int16 pair sums). Zero padding is exact because the integer lowering pads with the zero point
 explicitly (R.nn.pad) wherever zp_x != 0, and padded channels meet zero weights.
 
 depthwise conv2d (groups = C = O, multiplier 1), w: [C, 1, KH, KW]:
@@ -56,13 +58,20 @@ def ceil_to(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
-def pack_conv_weight(w: np.ndarray) -> np.ndarray:
-    """OIHW int8 -> [O16/16, KH, KW, C4/4, 16, 4]."""
+def pack_conv_weight(w: np.ndarray, kmajor: bool = False) -> np.ndarray:
+    """OIHW int8 -> [O16/16, KH, KW, C4/4, 16, 4] (VNNI), or [.., C4/4, 4, 16] with kmajor (AVX2:
+    each of the 4 input channels a contiguous 16-lane row)."""
     o, c, kh, kw = w.shape
     o16, c4 = ceil_to(o, 16), ceil_to(c, 4)
     wp = np.zeros((o16, c4, kh, kw), np.int8)
     wp[:o, :c] = w
-    return np.ascontiguousarray(wp.reshape(o16 // 16, 16, c4 // 4, 4, kh, kw).transpose(0, 4, 5, 2, 1, 3))
+    order = (0, 4, 5, 2, 3, 1) if kmajor else (0, 4, 5, 2, 1, 3)
+    return np.ascontiguousarray(wp.reshape(o16 // 16, 16, c4 // 4, 4, kh, kw).transpose(*order))
+
+
+def is_kmajor(wp) -> bool:
+    """A packed weight in the AVX2 layout ([.., 4, 16]) rather than VNNI's ([.., 16, 4])."""
+    return int(wp.shape[-1]) == 16 and int(wp.shape[-2]) == 4
 
 
 def pack_depthwise_weight(w: np.ndarray) -> np.ndarray:
@@ -98,13 +107,13 @@ def pack_depthwise_weight_vnni(w: np.ndarray) -> np.ndarray:
     return wv
 
 
-def pack_dense_weight(w: np.ndarray) -> np.ndarray:
-    """[K, N] int8 -> [N16/16, K4/4, 16, 4]."""
+def pack_dense_weight(w: np.ndarray, kmajor: bool = False) -> np.ndarray:
+    """[K, N] int8 -> [N16/16, K4/4, 16, 4] (VNNI), or [N16/16, K4/4, 4, 16] with kmajor (AVX2)."""
     k, n = w.shape
     k4, n16 = ceil_to(k, 4), ceil_to(n, 16)
     wp = np.zeros((k4, n16), np.int8)
     wp[:k, :n] = w
-    return np.ascontiguousarray(wp.reshape(k4 // 4, 4, n16 // 16, 16).transpose(2, 0, 3, 1))
+    return np.ascontiguousarray(wp.reshape(k4 // 4, 4, n16 // 16, 16).transpose(*((2, 0, 1, 3) if kmajor else (2, 0, 3, 1))))
 
 
 def _pad(x, pads, channels):
@@ -131,12 +140,14 @@ def conv2d_nhwc_packed(x, wp, strides, pads, dilation):
     ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
     xp = _pad(x, pads, cb * 4)
+    kmajor = is_kmajor(wp)
     rh, rw, rc = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, cb * 4), "rc")
     return te.compute(
         (n, ho, wo, ob * 16),
         lambda i, y, z, o: te.sum(
             xp[i, y * sh + rh * dh, z * sw + rw * dw, rc].astype("int32")
-            * wp[o // 16, rh, rw, rc // 4, o % 16, rc % 4].astype("int32"), axis=[rh, rw, rc]),
+            * (wp[o // 16, rh, rw, rc // 4, rc % 4, o % 16] if kmajor else
+               wp[o // 16, rh, rw, rc // 4, o % 16, rc % 4]).astype("int32"), axis=[rh, rw, rc]),
         name=CONV_BLOCK)
 
 
@@ -228,11 +239,13 @@ def dense_packed(x, wp):
     *lead, k = (int(d) for d in x.shape)
     nb, kb, _, _ = (int(d) for d in wp.shape)
     x = _pad_k(x, kb * 4)
+    kmajor = is_kmajor(wp)
     r = te.reduce_axis((0, kb * 4), "rk")
     return te.compute(
         (*lead, nb * 16),
         lambda *i: te.sum(x[(*i[:-1], r)].astype("int32")
-                          * wp[i[-1] // 16, r // 4, i[-1] % 16, r % 4].astype("int32"), axis=r),
+                          * (wp[i[-1] // 16, r // 4, r % 4, i[-1] % 16] if kmajor else
+                             wp[i[-1] // 16, r // 4, i[-1] % 16, r % 4]).astype("int32"), axis=r),
         name=DENSE_BLOCK)
 
 

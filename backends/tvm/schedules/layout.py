@@ -68,10 +68,12 @@ def _const_nhwc(a: np.ndarray) -> np.ndarray | None:
 
 @compat.mutator
 class _ChannelsLast(compat.PyExprMutator):
-    def __init__(self, mod, vnni: bool):
+    def __init__(self, mod, vnni: bool, avx2: bool = False):
         super().__init__(mod)
         self.mod_ = mod
         self.vnni = vnni
+        self.gemm = vnni or avx2        # packed int8 conv / dense kernels (k-major weights without VNNI)
+        self.isa = "vnni" if vnni else "avx2"
         self.twin: dict = {}       # new NCHW var -> its NHWC twin
         self.lane: dict = {}       # NHWC twin in lane order (kernels.lane_order) -> natural channel count
         self.counts: dict = {}
@@ -122,17 +124,17 @@ class _ChannelsLast(compat.PyExprMutator):
         pads = (top, left, bottom, right)
         c, o = xs[1], wq.shape[0]
         xdt = compat.tensor_dtype(x)
-        if groups == 1 and self.vnni and xdt == "uint8":
+        if groups == 1 and self.gemm and xdt == "uint8":
             xt = self.nhwc(x)
             lane = self._binding_var in self.lane_vars
             # lane order: output channels permuted (and zero-padded to 64) by permuting weight rows
             wl = kernels.to_lane_order(wq, 0) if lane else wq
-            wp = compat.const(kernels.pack_conv_weight(wl))
+            wp = compat.const(kernels.pack_conv_weight(wl, kmajor=not self.vnni))
             y = self.builder_.emit_te(kernels.conv2d_nhwc_packed, xt, wp, strides, pads, dilation,
-                                      primfunc_name_hint="qcc_conv2d_nhwc_vnni")
+                                      primfunc_name_hint=f"qcc_conv2d_nhwc_{self.isa}")
             if not lane and kernels.ceil_to(o, 16) != o:
                 y = self.builder_.emit(R.strided_slice(y, axes=[3], begin=[0], end=[o]))
-            self._count("conv2d_vnni", np.prod(ys) * wq[0].size)
+            self._count(f"conv2d_{self.isa}", np.prod(ys) * wq[0].size)
             if lane:
                 self.lane[y] = o
             return y
@@ -273,15 +275,16 @@ class _ChannelsLast(compat.PyExprMutator):
         if (self.vnni and wq is None and xs is not None and compat.tensor_dtype(x) == "uint8"
                 and str(call.attrs.out_dtype) == "int32" and _static_shape(args[1]) is not None):
             return self._matmul_activations(x, args[1], xs, _static_shape(args[1]))
-        if (not self.vnni or wq is None or wq.dtype != np.int8 or wq.ndim != 2 or xs is None or len(xs) < 2
+        if (not self.gemm or wq is None or wq.dtype != np.int8 or wq.ndim != 2 or xs is None or len(xs) < 2
                 or compat.tensor_dtype(x) != "uint8" or str(call.attrs.out_dtype) != "int32"):
             return None
         k, n = wq.shape
-        y = self.builder_.emit_te(kernels.dense_packed, x, compat.const(kernels.pack_dense_weight(wq)),
-                                  primfunc_name_hint="qcc_dense_vnni")
+        y = self.builder_.emit_te(kernels.dense_packed, x,
+                                  compat.const(kernels.pack_dense_weight(wq, kmajor=not self.vnni)),
+                                  primfunc_name_hint=f"qcc_dense_{self.isa}")
         if kernels.ceil_to(n, 16) != n:
             y = self.builder_.emit(R.strided_slice(y, axes=[len(xs) - 1], begin=[0], end=[n]))
-        self._count("dense_vnni", int(np.prod(xs[:-1])) * k * n)
+        self._count(f"dense_{self.isa}", int(np.prod(xs[:-1])) * k * n)
         return ("plain", y)
 
     # -- driver -----------------------------------------------------------------------------
@@ -380,9 +383,10 @@ def _lane_order_chains(func) -> tuple[set, set]:
     return chains, dws
 
 
-def channels_last(mod, vnni: bool):
-    """Returns (module, {rule: count}, {rule: multiply-accumulates})."""
-    rw = _ChannelsLast(mod, vnni)
+def channels_last(mod, vnni: bool, avx2: bool = False):
+    """Returns (module, {rule: count}, {rule: multiply-accumulates}). vnni: AVX-512 VNNI kernels;
+    avx2 (without vnni): the same packed conv / dense kernels with k-major weights (vpmaddwd)."""
+    rw = _ChannelsLast(mod, vnni, avx2)
     new = compat.dead_code_elimination(rw.transform())
     return new, dict(rw.counts), dict(rw.macs)
 

@@ -90,15 +90,41 @@ def _vectorize_inner(sch, block, lanes=16):
         sch.vectorize(inner)
 
 
+def _kmajor(sch, block) -> bool:
+    """The block reads its packed weight in the AVX2 k-major layout ([.., 4, 16])."""
+    for r in sch.get(block).reads:
+        buf = r.source if hasattr(r, "source") else r.buffer
+        if str(buf.dtype) == "int8" and len(buf.shape) >= 4:
+            return int(buf.shape[-1]) == 16 and int(buf.shape[-2]) == 4
+    return False
+
+
+def _multiply_tile(sch, o16, rc4, kmajor: bool) -> None:
+    """The innermost 16 output lanes x 4 reduction steps: one vpdpbusd (VNNI), or without VNNI 4
+    unrolled 16-lane int32 multiply-adds of 8-bit operands (vpmaddwd) over the k-major weights
+    (set up before the reduction is decomposed: see _kmajor_tile)."""
+    if not kmajor:
+        sch.tensorize(o16, VNNI_16x4)
+
+
+def _kmajor_tile(sch, o16, rc4, kmajor: bool) -> None:
+    if kmajor:
+        sch.reorder(rc4, o16)
+        sch.unroll(rc4)
+        sch.vectorize(o16)
+
+
 def schedule_conv(sch, wt_max=None, cbt_max=None):
     conv = sch.get_sblock(CONV_BLOCK)
+    kmajor = _kmajor(sch, conv)
     epi = _inline_epilogue(sch, conv)
     acc = sch.cache_write(conv, 0, ACC_SCOPE)
     n, h, w, o, rh, rw, rc = sch.get_loops(conv)
     if wt_max is None:
         # few input channels: a short reduction per tile, so a longer pixel run (14 x 1 blocks)
-        # amortizes the tile's epilogue and loop overhead better than 7 x 2 (measured on MobileNetV2)
-        wt_max, cbt_max = (14, 1) if _extent(sch, rc) <= 64 else (7, 2)
+        # amortizes the tile's epilogue and loop overhead better than 7 x 2 (measured on MobileNetV2);
+        # AVX2's 16 ymm registers hold 4 x 2 accumulator vectors
+        wt_max, cbt_max = (4, 1) if kmajor else (14, 1) if _extent(sch, rc) <= 64 else (7, 2)
     wt = _divisor(_extent(sch, w), wt_max)
     cb = _extent(sch, o) // 16
     cbt = _divisor(cb, cbt_max)
@@ -110,11 +136,12 @@ def schedule_conv(sch, wt_max=None, cbt_max=None):
     outer = sch.fuse(n, h, wo, obo)
     sch.parallel(outer)
     sch.reverse_compute_at(acc, outer)
+    _kmajor_tile(sch, o16, rc4, kmajor)
     init = sch.decompose_reduction(conv, rh)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(wi)
     sch.unroll(obi)
-    sch.tensorize(o16, VNNI_16x4)
+    _multiply_tile(sch, o16, rc4, kmajor)
     _fuse_epilogue(sch, outer, acc, epi)
 
 
@@ -191,8 +218,11 @@ def schedule_depthwise_vnni(sch, wt_max=7):
         _vectorize_inner(sch, acc)
 
 
-def schedule_dense(sch, mt_max=4, nbt_max=4):
+def schedule_dense(sch, mt_max=None, nbt_max=None):
     d = sch.get_sblock(DENSE_BLOCK)
+    kmajor = _kmajor(sch, d)
+    if mt_max is None:
+        mt_max, nbt_max = (4, 1) if kmajor else (4, 4)
     epi = _inline_epilogue(sch, d)
     acc = sch.cache_write(d, 0, ACC_SCOPE)
     *batch, m, n, rk = sch.get_loops(d)     # batch: kernels.batch_dense_packed
@@ -207,11 +237,12 @@ def schedule_dense(sch, mt_max=4, nbt_max=4):
     outer = sch.fuse(*batch, mo, nbo)
     sch.parallel(outer)
     sch.reverse_compute_at(acc, outer)
+    _kmajor_tile(sch, n16, rk4, kmajor)
     init = sch.decompose_reduction(d, rkb)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(mi)
     sch.unroll(nbi)
-    sch.tensorize(n16, VNNI_16x4)
+    _multiply_tile(sch, n16, rk4, kmajor)
     _fuse_epilogue(sch, outer, acc, epi)
 
 
