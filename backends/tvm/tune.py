@@ -1,15 +1,16 @@
 """MetaSchedule tuning on top of the rule-based CPU schedules (``qcc compile --tune TRIALS``).
 
 The x86 LLVM build (schedules/) gives every fused PrimFunc a rule-based schedule; qcc's int8
-kernels get VNNI-tensorized rules, everything else a generic one (parallel + vectorize) or none at
-all (the rule failed). Tuning targets those weaker functions: the fused functions whose rule is
-"generic", "matmul" (TVM's activation x activation matmul) or failed.
+kernels get VNNI-tensorized rules, the float ones a row rule (softmax, layer norm) or a generic one
+(parallel + vectorize), or none at all (the rule failed). Tuning targets the fused functions whose
+rule is "generic", "rows", "matmul" (TVM's activation x activation matmul) or failed, and on VNNI
+CPUs the int8 kernels too (below).
 
 For each such function f (static shapes only):
 
-    tuned(f)  = best schedule MetaSchedule finds for f in TRIALS measured trials (default rules;
-                no VNNI tensorization rule: see below), stored in a persistent JSON database keyed
-                by the workload's structural hash and the target;
+    tuned(f)  = best schedule MetaSchedule finds for f in TRIALS measured trials (TVM's default CPU
+                rules, or the VNNI space below for the int8 kernels), stored in a persistent JSON
+                database keyed by the workload's structural hash and the target;
     chosen(f) = tuned(f) if time(tuned(f)) < time(rule(f)) else rule(f)
 
 with both times measured side by side here (median of repeated runs of the function alone), so
@@ -49,7 +50,7 @@ from . import compat, schedules
 from .schedules.intrin import VNNI_16x4, has_vnni, is_x86_llvm
 from .schedules.kernels import CONV_BLOCK, DENSE_BLOCK
 
-TUNED_RULES = ("generic", "matmul")     # plus failed rules: the functions tuning goes after
+TUNED_RULES = ("generic", "matmul", "rows")   # plus failed rules: the functions tuning goes after
 VNNI_RULES = (CONV_BLOCK, DENSE_BLOCK)  # tuned in the VNNI space on VNNI targets
 MIN_US = 5.0                            # functions faster than this (rule-based) are not tuned
 _CHUNK = 16                             # trials per tune_tir call: the time budget is checked between calls
