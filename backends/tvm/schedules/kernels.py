@@ -34,7 +34,7 @@ nat(p) = 64g + 16b + j (its producer's output channels are permuted at compile t
     wv[kh, kw, g, r, j, b] = w[64g + 16r + j, kh, kw] if b == r else 0
 
 One vpdpbusd does 16 useful multiply-accumulates (of its 64), against 16 per 3 instructions
-(widen, vpmaddwd, add) for int16 code, and no shuffles.
+(widen, vpmaddwd, add) for the int32-product kernel, and no shuffles.
 
 dense (x: [M, K] uint8, w: [K, N] int8 constant):  Wp[n // 16, k // 4, n % 16, k % 4] = w[k, n],
     y[m, n] = sum_{k < K4} xp[m, k] * Wp[n//16, k//4, n%16, k%4]   (N16 columns; sliced by the caller)
