@@ -93,6 +93,7 @@ def test_vnni_space_tensorizes_the_packed_dense_exactly(tmp_path):
     func = te.create_prim_func([xt, wt, kernels.dense_packed(xt, wt)])
     mod = tvm.IRModule({"main": func})
     tgt = compat.make_target({**tvm_backend.detect_target(), "num-cores": 2})
+    tune.prepare_logging()
     db = ms.tir_integration.tune_tir(mod, tgt, str(tmp_path / "ms"), max_trials_global=8, num_trials_per_iter=8,
                                      space=tune.vnni_space(), database="memory")
     sch = ms.tir_integration.compile_tir(db, mod, tgt)

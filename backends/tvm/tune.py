@@ -98,6 +98,17 @@ def _main(func):
     return func.with_attr("global_symbol", "main")
 
 
+def prepare_logging() -> None:
+    """MetaSchedule's logger quiet, and only its own handlers left on it: each tuning run rebuilds
+    the logging config from the logger's handlers by name, and fails on one it did not create (an
+    unnamed handler gives "'NoneType' object has no attribute 'format'")."""
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    ms_logger.setLevel(logging.WARNING)
+    for h in list(ms_logger.handlers):
+        if not (h.get_name() or "").startswith("tvm.s_tir.meta_schedule"):
+            ms_logger.removeHandler(h)
+
+
 def vnni_space():
     """MetaSchedule's CPU space with the tiling rule tensorizing int8 reductions by vpdpbusd."""
     from tvm.s_tir import meta_schedule as ms
@@ -255,7 +266,7 @@ class Tuner:
 
         bar = tqdm(total=self.trials, initial=done, desc=f"tune {name}", unit="trial", disable=self.quiet,
                    leave=False)
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        prepare_logging()
         try:
             while done < self.trials:
                 if self.deadline is not None and time.monotonic() >= self.deadline:
