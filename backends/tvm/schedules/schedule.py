@@ -123,8 +123,8 @@ def schedule_conv(sch, wt_max=None, cbt_max=None):
     if wt_max is None:
         # few input channels: a short reduction per tile, so a longer pixel run (14 x 1 blocks)
         # amortizes the tile's epilogue and loop overhead better than 7 x 2 (measured on MobileNetV2);
-        # AVX2's 16 ymm registers hold 4 x 2 accumulator vectors
-        wt_max, cbt_max = (4, 1) if kmajor else (14, 1) if _extent(sch, rc) <= 64 else (7, 2)
+        # AVX2: 7 pixels x one 16-lane block (14 of the 16 ymm registers)
+        wt_max, cbt_max = (7, 1) if kmajor else (14, 1) if _extent(sch, rc) <= 64 else (7, 2)
     wt = _divisor(_extent(sch, w), wt_max)
     cb = _extent(sch, o) // 16
     cbt = _divisor(cb, cbt_max)
