@@ -212,3 +212,17 @@ def dead_code_elimination(mod):
 def free_vars(expr) -> list:
     """The Relax variables an expression reads."""
     return list(relax.analysis.free_vars(expr))
+
+
+def bindings_and_uses(func) -> tuple[dict, dict]:
+    """({var: bound value}, {var: number of reads, the function's result included}) of a Relax
+    function's dataflow bindings."""
+    bindings, uses = {}, {}
+    for block in func.body.blocks:
+        for b in block.bindings:
+            bindings[b.var] = b.value
+            for v in free_vars(b.value):
+                uses[v] = uses.get(v, 0) + 1
+    for v in free_vars(func.body.body):
+        uses[v] = uses.get(v, 0) + 1
+    return bindings, uses

@@ -25,14 +25,13 @@ from tvm.script import tirx as T
 
 from .. import compat
 
-VNNI_16x4 = "qcc_vnni_u8i8i32_16x4"              # accumulator C in global memory
-VNNI_16x4_LOCAL = "qcc_vnni_u8i8i32_16x4_local"  # accumulator C in a local (register) tile
+VNNI_16x4 = "qcc_vnni_u8i8i32_16x4"
 
 
-def _intrinsic(c_scope: str):
+def _intrinsic():
     @T.prim_func(s_tir=True)
     def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1, scope=c_scope)) -> None:
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
@@ -44,7 +43,7 @@ def _intrinsic(c_scope: str):
 
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1, scope=c_scope)) -> None:
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
@@ -60,8 +59,7 @@ def _intrinsic(c_scope: str):
     return desc, impl
 
 
-TensorIntrin.register(VNNI_16x4, *_intrinsic("global"), override=True)
-TensorIntrin.register(VNNI_16x4_LOCAL, *_intrinsic("local"), override=True)
+TensorIntrin.register(VNNI_16x4, *_intrinsic(), override=True)
 
 VNNI_LANEWISE_16x4 = "qcc_vnni_u8i8i32_lanewise_16x4"
 

@@ -130,15 +130,20 @@ def _pad(x, pads, channels):
     return te.compute(shape, f, name=PAD_BLOCK)
 
 
+def _out_hw(h, w, kh, kw, strides, pads, dilation) -> tuple[int, int]:
+    """Output height and width of a 2-D window op (pads = top, left, bottom, right)."""
+    pt, pl, pb, pr = pads
+    return ((h + pt + pb - dilation[0] * (kh - 1) - 1) // strides[0] + 1,
+            (w + pl + pr - dilation[1] * (kw - 1) - 1) // strides[1] + 1)
+
+
 def conv2d_nhwc_packed(x, wp, strides, pads, dilation):
     """x: [N, H, W, C] uint8 placeholder, wp: packed weight placeholder -> y [N, Ho, Wo, O16] int32."""
     n, h, w, _ = (int(d) for d in x.shape)
     ob, kh, kw, cb, _, _ = (int(d) for d in wp.shape)
     sh, sw = strides
     dh, dw = dilation
-    pt, pl, pb, pr = pads
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    ho, wo = _out_hw(h, w, kh, kw, strides, pads, dilation)
     xp = _pad(x, pads, cb * 4)
     kmajor = is_kmajor(wp)
     rh, rw, rc = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, cb * 4), "rc")
@@ -157,16 +162,14 @@ def depthwise_nhwc(x, wd, strides, pads, dilation):
     kh, kw, _ = (int(d) for d in wd.shape)
     sh, sw = strides
     dh, dw = dilation
-    pt, pl, pb, pr = pads
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    ho, wo = _out_hw(h, w, kh, kw, strides, pads, dilation)
     xp = _pad(x, pads, c)
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
     return te.compute(
         (n, ho, wo, c),
         lambda i, y, z, k: te.sum(
-            (xp[i, y * sh + rh * dh, z * sw + rw * dw, k].astype("int32") * wd[rh, rw, k].astype("int32"))
-            .astype("int32"), axis=[rh, rw]),
+            xp[i, y * sh + rh * dh, z * sw + rw * dw, k].astype("int32") * wd[rh, rw, k].astype("int32"),
+            axis=[rh, rw]),
         name=DW_BLOCK)
 
 
@@ -177,10 +180,7 @@ def depthwise_nhwc_vnni(x, wv, strides, pads, dilation):
     kh, kw = (int(d) for d in wv.shape[:2])
     sh, sw = strides
     dh, dw = dilation
-    pt, pl, pb, pr = pads
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-
+    ho, wo = _out_hw(h, w, kh, kw, strides, pads, dilation)
     xp = _pad(x, pads, c64)
     rh, rw, rb = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, 4), "rb")
     return te.compute(

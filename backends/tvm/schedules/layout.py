@@ -349,14 +349,7 @@ def _lane_order_chains(func) -> tuple[set, set]:
     """(vars to compute in lane order, depthwise conv vars that read one): for each uint8 depthwise
     conv2d whose input comes, through elementwise ops with one variable operand each (and spatial
     pads), from a groups = 1 conv2d, every value on the way read by nothing else."""
-    bindings, uses = {}, {}
-    for block in func.body.blocks:
-        for b in block.bindings:
-            bindings[b.var] = b.value
-            for v in compat.free_vars(b.value):
-                uses[v] = uses.get(v, 0) + 1
-    for v in compat.free_vars(func.body.body):
-        uses[v] = uses.get(v, 0) + 1
+    bindings, uses = compat.bindings_and_uses(func)
     chains, dws = set(), set()
     for var, value in bindings.items():
         if compat.op_name(value) != "relax.nn.conv2d" or compat.tensor_dtype(value.args[0]) != "uint8":

@@ -92,13 +92,7 @@ class _Rounding(compat.PyExprMutator):
         for gv, func in self.mod_.functions_items():
             if gv.name_hint != "main" or not isinstance(func, relax.Function):
                 continue
-            for block in func.body.blocks:
-                for b in block.bindings:
-                    self.values[b.var] = b.value
-                    for v in compat.free_vars(b.value):
-                        self.uses[v] = self.uses.get(v, 0) + 1
-            for v in compat.free_vars(func.body.body):
-                self.uses[v] = self.uses.get(v, 0) + 1
+            self.values, self.uses = compat.bindings_and_uses(func)
             self.builder_.update_func(gv, self.visit_expr(func))
         return self.builder_.get()
 

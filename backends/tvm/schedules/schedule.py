@@ -99,19 +99,27 @@ def _kmajor(sch, block) -> bool:
     return False
 
 
-def _multiply_tile(sch, o16, rc4, kmajor: bool) -> None:
-    """The innermost 16 output lanes x 4 reduction steps: one vpdpbusd (VNNI), or without VNNI 4
-    unrolled 16-lane int32 multiply-adds of 8-bit operands (vpmaddwd) over the k-major weights
-    (set up before the reduction is decomposed: see _kmajor_tile)."""
-    if not kmajor:
-        sch.tensorize(o16, VNNI_16x4)
-
-
-def _kmajor_tile(sch, o16, rc4, kmajor: bool) -> None:
+def _packed_tile(sch, block, acc, epi, outer_loops, red_loops, pi, ci, lanes, r4, kmajor: bool) -> None:
+    """Shared by conv and dense: tile loops (outer_loops) fused and parallel, the reductions
+    (red_loops) around a pixel x channel-block tile (pi, ci) of 16 lanes x 4 reduction steps (r4),
+    accumulators in registers, the epilogue fused per tile. The 16 x 4 step is one vpdpbusd (VNNI),
+    or without VNNI 4 unrolled 16-lane int32 multiply-adds of 8-bit operands (vpmaddwd) over k-major
+    weights, set up before the reduction is decomposed."""
+    sch.reorder(*outer_loops, *red_loops, pi, ci, lanes, r4)
+    outer = sch.fuse(*outer_loops)
+    sch.parallel(outer)
+    sch.reverse_compute_at(acc, outer)
     if kmajor:
-        sch.reorder(rc4, o16)
-        sch.unroll(rc4)
-        sch.vectorize(o16)
+        sch.reorder(r4, lanes)
+        sch.unroll(r4)
+        sch.vectorize(lanes)
+    init = sch.decompose_reduction(block, red_loops[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(pi)
+    sch.unroll(ci)
+    if not kmajor:
+        sch.tensorize(lanes, VNNI_16x4)
+    _fuse_epilogue(sch, outer, acc, epi)
 
 
 def schedule_conv(sch, wt_max=None, cbt_max=None):
@@ -132,17 +140,7 @@ def schedule_conv(sch, wt_max=None, cbt_max=None):
     ob, o16 = sch.split(o, [None, 16])
     obo, obi = sch.split(ob, [None, cbt])
     rcb, rc4 = sch.split(rc, [None, 4])
-    sch.reorder(n, h, wo, obo, rh, rw, rcb, wi, obi, o16, rc4)
-    outer = sch.fuse(n, h, wo, obo)
-    sch.parallel(outer)
-    sch.reverse_compute_at(acc, outer)
-    _kmajor_tile(sch, o16, rc4, kmajor)
-    init = sch.decompose_reduction(conv, rh)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.unroll(wi)
-    sch.unroll(obi)
-    _multiply_tile(sch, o16, rc4, kmajor)
-    _fuse_epilogue(sch, outer, acc, epi)
+    _packed_tile(sch, conv, acc, epi, [n, h, wo, obo], [rh, rw, rcb], wi, obi, o16, rc4, kmajor)
 
 
 def schedule_depthwise(sch, wt_max=None):
@@ -174,12 +172,7 @@ def schedule_depthwise(sch, wt_max=None):
     if cext % 16 == 0 or cext <= 16:
         sch.vectorize(vec)
     sch.decompose_reduction(dw, rh)   # the init loop inherits the vectorized channel loop
-    if epi is not None:
-        sch.reverse_compute_at(epi, outer)
-        sch.compute_inline(acc)
-        _vectorize_inner(sch, epi)
-    else:
-        _vectorize_inner(sch, acc)
+    _epilogue_at(sch, outer, acc, epi)
     if _has_block(sch, PAD_BLOCK):   # padded loads as selects: cheaper than a padded copy
         sch.compute_inline(sch.get_sblock(PAD_BLOCK))
 
@@ -210,12 +203,7 @@ def schedule_depthwise_vnni(sch, wt_max=7):
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(wi)
     sch.tensorize(j, VNNI_LANEWISE_16x4)
-    if epi is not None:
-        sch.reverse_compute_at(epi, r)
-        sch.compute_inline(acc)
-        _vectorize_inner(sch, epi)
-    else:
-        _vectorize_inner(sch, acc)
+    _epilogue_at(sch, r, acc, epi)
 
 
 def schedule_dense(sch, mt_max=None, nbt_max=None):
@@ -233,28 +221,23 @@ def schedule_dense(sch, mt_max=None, nbt_max=None):
     nbo, n16 = sch.split(n, [None, 16])
     nbo, nbi = sch.split(nbo, [None, nbt])
     rkb, rk4 = sch.split(rk, [None, 4])
-    sch.reorder(*batch, mo, nbo, rkb, mi, nbi, n16, rk4)
-    outer = sch.fuse(*batch, mo, nbo)
-    sch.parallel(outer)
-    sch.reverse_compute_at(acc, outer)
-    _kmajor_tile(sch, n16, rk4, kmajor)
-    init = sch.decompose_reduction(d, rkb)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.unroll(mi)
-    sch.unroll(nbi)
-    _multiply_tile(sch, n16, rk4, kmajor)
-    _fuse_epilogue(sch, outer, acc, epi)
+    _packed_tile(sch, d, acc, epi, [*batch, mo, nbo], [rkb], mi, nbi, n16, rk4, kmajor)
 
 
-def _fuse_epilogue(sch, outer, acc, epi) -> None:
-    """The requantize epilogue (if fused) runs per parallel tile and reads the accumulator tile
-    straight from the local buffer; then the input padding is scheduled."""
+def _epilogue_at(sch, loop, acc, epi) -> None:
+    """The requantize epilogue (if fused) runs under `loop` (the tile) and reads the accumulator
+    tile straight from its local buffer; vectorized over its innermost loop."""
     if epi is not None:
-        sch.reverse_compute_at(epi, outer)
+        sch.reverse_compute_at(epi, loop)
         sch.compute_inline(acc)
         _vectorize_inner(sch, epi)
     else:
         _vectorize_inner(sch, acc)
+
+
+def _fuse_epilogue(sch, outer, acc, epi) -> None:
+    """_epilogue_at the parallel tile, then the input padding is scheduled."""
+    _epilogue_at(sch, outer, acc, epi)
     _schedule_pad(sch)
 
 
@@ -382,12 +365,7 @@ def schedule_matmul(sch, rows_max=4):
     init = sch.decompose_reduction(mm, k)
     if jext % 16 == 0 or jext <= 16:
         sch.vectorize(sch.get_loops(init)[-1])
-    if epi is not None:
-        sch.reverse_compute_at(epi, outer)
-        sch.compute_inline(acc)
-        _vectorize_inner(sch, epi)
-    else:
-        _vectorize_inner(sch, acc)
+    _epilogue_at(sch, outer, acc, epi)
 
 
 RULES = ((CONV_BLOCK, schedule_conv), (DENSE_BLOCK, schedule_dense), (DW_BLOCK, schedule_depthwise),
