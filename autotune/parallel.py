@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from qcc import extras
 from qcc.config import QuantConfig
 from qcc.errors import QccError
 
@@ -95,10 +96,7 @@ class RayExecutor:
     instance."""
 
     def __init__(self, spec: EvaluatorSpec, address: str, workers: int):
-        try:
-            import ray
-        except ImportError:
-            raise QccError("--ray needs Ray: pip install 'qcc[ray]'") from None
+        ray = extras.require("ray", "--ray")
         self.ray = ray
         self._owns = not ray.is_initialized()
         if self._owns:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 from qcc import config as qconfig
+from qcc import extras
 from qcc.config import QuantConfig
 from qcc.errors import QccError
 from qcc.qtypes import QType
@@ -238,6 +239,9 @@ def default_space(stats, float_model: ir.Model, target: str = "onnx", base: Quan
         "float_layers": [0, 1, 2] if len(stats.layers) > 2 else [0],
     }
     for name in qconfig.PASSES:
+        needs = qconfig.PASS_NEEDS.get(name)
+        if needs and not extras.available(needs):
+            continue   # its optional package is not installed: searched only where it can run
         applies = PASS_APPLIES.get(name)
         if applies is None or applies(float_model):
             dims[f"pass:{name}"] = pass_values(name)

@@ -18,11 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+from qcc import extras
 from qcc.artifact import file_sha256, save_json
 from qcc.config import QuantConfig
 from qcc.errors import QccError
@@ -92,7 +94,9 @@ def tune(model: str, calib, eval_data=None, labels=None, *, out: str | Path, tar
          max_loss: float = math.inf, budget: int = 20, objective: str = "accuracy", searcher: str = "quantune",
          workers: int = 1, ray_address: str | None = None, seed: int = 0, loss: str = "auto",
          transfer=(), restrict: dict | None = None, batch: int | None = None, mcpu: str | None = None,
-         export: bool = True, log=None) -> dict:
+         export: bool = True, resume: bool = False, force: bool = False, log=None) -> dict:
+    """resume: continue the trials journaled in `out` (an interrupted run); force: discard them and start
+    over; neither: an existing tuning folder is an error, so no earlier run is silently extended or lost."""
     log = log or (lambda m: None)
     if objective not in OBJECTIVES:
         raise QccError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
@@ -101,12 +105,13 @@ def tune(model: str, calib, eval_data=None, labels=None, *, out: str | Path, tar
     if objective != "accuracy" and not math.isfinite(max_loss):
         raise QccError(f"--objective {objective} needs --max-loss (the accuracy budget the {objective} is traded for)")
     check_restrict(restrict)
+    if ray_address:
+        extras.check("ray", "--ray")   # before any folder is made
     if objective == "latency" and target not in ("onnx",) + LATENCY_TVM:
         raise QccError(f"--objective latency measures on this machine: use --target onnx, "
                        f"{' or '.join(LATENCY_TVM)} (not {target!r})")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise QccError(f"output path {out} is a file, not a folder")
+    _check_out(out, resume, force)
     goal = Goal(objective, max_loss)
     spec = EvaluatorSpec(str(model), calib, eval_data, labels, target, loss, objective == "latency", mcpu)
     t0 = time.perf_counter()
@@ -117,6 +122,8 @@ def tune(model: str, calib, eval_data=None, labels=None, *, out: str | Path, tar
         f"loss = {evaluator.loss}")
     index = {space.key(p): i for i, p in enumerate(points)}
 
+    if force and out.exists():
+        shutil.rmtree(out)   # a tuning folder (checked above): its journal, reports and best/
     out.mkdir(parents=True, exist_ok=True)
     journal = Journal(out / JOURNAL)
     journal.start({"model": str(model), "model_sha256": file_sha256(Path(model)),
@@ -149,7 +156,8 @@ def tune(model: str, calib, eval_data=None, labels=None, *, out: str | Path, tar
                 break
             jobs = [(i, space.to_config(points[i]).to_dict()) for i in picks]
             for i, metrics in executor.run(jobs):
-                record = {"trial": len(journal.trials), "key": space.key(points[i]), "point": points[i],
+                # numbered from 1, as the log, the summary and the report show them
+                record = {"trial": len(journal.trials) + 1, "key": space.key(points[i]), "point": points[i],
                           "config": space.to_config(points[i]).to_dict(), "metrics": metrics,
                           "searcher": searcher, "seed": seed, "features": X[i].tolist()}
                 journal.append(record)
@@ -182,6 +190,21 @@ def tune(model: str, calib, eval_data=None, labels=None, *, out: str | Path, tar
         raise QccError(f"no config met --max-loss {max_loss:g} in {len(trials)} trials (lowest loss {lowest:.4g}); "
                        f"report in {out / 'report.html'}")
     return summary
+
+
+def _check_out(out: Path, resume: bool, force: bool) -> None:
+    if resume and force:
+        raise QccError("--resume continues an earlier run and --force discards it: give one of them")
+    if out.exists() and not out.is_dir():
+        raise QccError(f"output path {out} is a file, not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        if resume:
+            raise QccError(f"--resume: {out} holds no earlier tuning run")
+        return
+    if not (out / JOURNAL).is_file():
+        raise QccError(f"output folder {out} exists and is not a qcc tuning folder (no {JOURNAL}); refusing to use it")
+    if not (resume or force):
+        raise QccError(f"tuning folder {out} already exists (--resume continues its trials, --force starts over)")
 
 
 def _value(goal: Goal, metrics: dict) -> float:

@@ -10,11 +10,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ..threads import default_threads
+
 
 def make_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None,
                  optimize: bool = True) -> ort.InferenceSession:
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
@@ -70,7 +72,11 @@ def batches(feeds: dict[str, np.ndarray], batch_size: int) -> Iterable[dict[str,
 
 def run_all(session: ort.InferenceSession, feeds: dict[str, np.ndarray], batch_size: int = 32,
             output_names: list[str] | None = None) -> list[np.ndarray]:
-    """Run every sample in `feeds` through the session and concatenate outputs along axis 0."""
+    """Run every sample in `feeds` through the session and concatenate outputs along axis 0, in
+    batches of `batch_size` (of the model's own batch where it fixes one: most exports fix 1)."""
+    fixed = {i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+    if fixed:
+        batch_size = min(fixed)
     parts: list[list[np.ndarray]] = []
     for batch in batches(feeds, batch_size):
         parts.append(session.run(output_names, batch))

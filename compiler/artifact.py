@@ -20,10 +20,12 @@ import onnx
 import onnx_ir as ir
 
 from .errors import QccError
+from .threads import default_threads
 
 MANIFEST = "manifest.json"
 QDQ_MODEL = "model.qdq.onnx"
 REPORT = "report.json"
+REPORT_HTML = "report.html"
 FORMAT_VERSION = 1
 
 
@@ -92,7 +94,11 @@ def save_model(model: ir.Model | onnx.ModelProto, path: Path) -> None:
 class Artifact:
     """A compiled artifact folder. `run(feeds)` executes it with the backend its target names."""
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, threads: int | None = None):
+        """threads: CPU threads the compiled code runs on (default: the CPUs this process may use)."""
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise QccError(f"threads must be a positive integer, got {threads!r}")
+        self.threads = threads
         self.folder = Path(folder)
         manifest_path = self.folder / MANIFEST
         if not manifest_path.is_file():
@@ -121,12 +127,23 @@ class Artifact:
             if "library" in self.manifest.get("files", {}):
                 from .backends import tvm as tvm_backend
 
-                self._session = tvm_backend.Runner(self.folder)
+                self._session = tvm_backend.Runner(self.folder, threads=self.threads)
             elif target == "onnx":
-                self._session = _OrtRunner(ort_backend.make_session(self.folder / QDQ_MODEL), self.output_names)
+                session = ort_backend.make_session(self.folder / QDQ_MODEL, threads=self.threads or default_threads())
+                self._session = _OrtRunner(session, self.output_names)
             else:
                 raise QccError(f"artifact target {target!r} has no runner in this qcc version")
         return self._session
+
+    def record_bench(self, bench: dict) -> None:
+        """Store `qcc bench` figures in report.json (replaced atomically) and redraw report.html."""
+        self.report["bench"] = bench
+        tmp = self.folder / f".{REPORT}.tmp"
+        save_json(tmp, self.report)
+        os.replace(tmp, self.folder / REPORT)
+        from .report_html import write_compile_report
+
+        write_compile_report(self.folder / REPORT_HTML, self.report, self.manifest)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         from .data import InputSpec, validate_feeds
@@ -144,5 +161,5 @@ class _OrtRunner:
         return self.session.run(self.output_names, feeds)
 
 
-def load(folder: str | os.PathLike) -> Artifact:
-    return Artifact(folder)
+def load(folder: str | os.PathLike, threads: int | None = None) -> Artifact:
+    return Artifact(folder, threads)

@@ -45,6 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line like every other qcc error."""
 
@@ -106,14 +116,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("artifact")
     r.add_argument("--inputs", required=True, help=".npz keyed by input names")
     r.add_argument("-o", "--output", help="write outputs to this .npz")
+    r.add_argument("--threads", type=_positive_int, help="CPU threads (default: the CPUs this process may use)")
     r.set_defaults(func=_run)
 
-    b = sub.add_parser("bench", help="batch latency of an artifact, side by side with onnxruntime on its QDQ graph")
+    b = sub.add_parser("bench", help="steady-state latency of an artifact beside onnxruntime int8 (its QDQ graph) and FP32")
     b.add_argument("artifact")
     b.add_argument("--inputs", help=".npz keyed by input names (default: random data for float inputs)")
     b.add_argument("--batch", type=int, default=1)
-    b.add_argument("--runs", type=int, default=50)
-    b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--runs", type=int, default=300, help="timed runs per engine (default 300)")
+    b.add_argument("--warmup", type=int, default=50, help="warm-up runs before each block of timed runs (default 50)")
+    b.add_argument("--threads", type=_positive_int, help="CPU threads for every engine (default: the CPUs this process may use)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_bench)
 
     i = sub.add_parser("inspect", help="per-layer table of an artifact: op, bits, scheme, scale, SQNR")
@@ -145,6 +158,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="restrict a search dimension (e.g. pass:adaround=false scheme=int8,int8-sym); "
                         "DIM= with no values drops it")
     t.add_argument("-o", "--output", required=True, help="tuning folder: journal.jsonl, best/, report.html")
+    t.add_argument("--resume", action="store_true", help="continue the trials journaled in an existing tuning folder")
+    t.add_argument("--force", action="store_true", help="discard an existing tuning folder and start over")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_tune)
     return p
@@ -153,7 +168,6 @@ def _parser() -> argparse.ArgumentParser:
 def _tune(args) -> int:
     from .autotune.tune import tune
 
-    args.force = False
     model, calib, eval_data, labels = _resolve_inputs(args)
     restrict = {}
     for item in args.space:
@@ -165,7 +179,7 @@ def _tune(args) -> int:
     summary = tune(model, calib, eval_data, labels, out=args.output, target=args.target, max_loss=args.max_loss,
                    budget=args.budget, objective=args.objective, searcher=args.searcher, workers=args.workers,
                    ray_address=args.ray_address, seed=args.seed, loss=args.loss, transfer=args.transfer,
-                   restrict=restrict, mcpu=args.mcpu, log=log)
+                   restrict=restrict, mcpu=args.mcpu, resume=args.resume, force=args.force, log=log)
     print(json.dumps({k: summary[k] for k in ("trials", "best", "default_config", "artifact")}, default=str))
     return 0
 
@@ -215,7 +229,15 @@ def _resolve_inputs(args):
         if model not in models.names():
             raise QccError(f"model {model!r} is neither an existing .onnx file nor a zoo model "
                            f"({', '.join(models.names())})")
-        zoo_entry = models.get(model)
+        try:
+            zoo_entry = models.get(model)
+        except ModuleNotFoundError as exc:   # an optional package its export or data needs
+            from . import extras
+
+            extras.require(exc.name or "", f"the zoo model {model!r}")
+            raise QccError(f"the zoo model {model!r} needs {exc.name}, which is not installed") from None
+        except FileNotFoundError as exc:   # the package that ships its weights is not installed
+            raise QccError(f"the zoo model {model!r} is not available here: {exc}") from None
         model = str(zoo_entry.onnx_path)
     if args.calib:
         calib = load_npz(args.calib, "calibration")
@@ -264,13 +286,16 @@ def _summary(report: dict, out_dir, seconds: float) -> None:
     worst = sorted((r for r in report["layers"] if "sqnr_db" in r), key=lambda r: r["sqnr_db"])[:3]
     if worst:
         print("  lowest SQNR      " + ", ".join(f"{r['node']} {r['sqnr_db']:.1f} dB" for r in worst))
+    if out_dir is not None:
+        print(f"  report           {Path(out_dir) / 'report.html'}   (per-layer table: qcc inspect {out_dir}; "
+              f"latency: qcc bench {out_dir})")
 
 
 def _run(args) -> int:
     from .artifact import load
     from .data import load_npz
 
-    art = load(args.artifact)
+    art = load(args.artifact, threads=args.threads)
     outputs = art.run(load_npz(args.inputs, "input"))
     if args.output:
         np.savez(args.output, **dict(zip(art.output_names, outputs)))
@@ -281,41 +306,68 @@ def _run(args) -> int:
 
 
 def _bench(args) -> int:
-    """Median latency (ms) of the artifact's runner and of onnxruntime on model.qdq.onnx, interleaved
-    run by run so both see the same machine load; one JSON line."""
+    """Steady-state latency (compiler/latency.py: each engine in its own process, warm-up, back-to-back
+    runs, rounds alternated) of the artifact beside onnxruntime on its QDQ graph (onnxruntime's int8
+    path) and on the FP32 source model, all at the same number of threads. One JSON line; the figures
+    go into the artifact's report.json / report.html."""
     from .artifact import QDQ_MODEL, load
-    from .backends import onnxruntime as ort_backend
+    from .latency import Engine, measure
+    from .threads import default_threads
+
+    if args.runs < 3 or args.batch < 1 or args.warmup < 0:
+        raise QccError("--runs must be >= 3, --batch >= 1 and --warmup >= 0")
+    threads = args.threads or default_threads()
+    art = load(args.artifact, threads=threads)
+    feeds = _bench_feeds(art, args)
+    engines = {"qcc": Engine("qcc", str(art.folder), threads),
+               "onnxruntime_int8": Engine("onnxruntime", str(art.folder / QDQ_MODEL), threads)}
+    source = (art.manifest.get("source") or {}).get("path")
+    fp32_note = None
+    if source and Path(source).is_file():
+        engines["onnxruntime_fp32"] = Engine("onnxruntime", source, threads)
+    else:
+        fp32_note = f"the FP32 source model {source!r} is not on this machine" if source else "no FP32 source recorded"
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=3 * len(engines), desc="bench", unit="block", leave=False)
+    ms = measure(engines, feeds, runs=args.runs, warmup=args.warmup,
+                 progress=(lambda done, total: bar.update(1)) if bar else None)
+    if bar:
+        bar.close()
+    ours = ms["qcc"]["median_ms"]
+    result = {"artifact": str(art.folder), "target": art.manifest["target"], "threads": threads,
+              "batch": args.batch, "runs": ms["qcc"]["runs"], "warmup": args.warmup,
+              "median_ms": round(ours, 4), "p90_ms": round(ms["qcc"]["p90_ms"], 4),
+              "onnxruntime_int8_median_ms": round(ms["onnxruntime_int8"]["median_ms"], 4),
+              "ratio_vs_onnxruntime_int8": round(ours / ms["onnxruntime_int8"]["median_ms"], 3),
+              "onnxruntime_fp32_median_ms": None, "ratio_vs_onnxruntime_fp32": None}
+    if "onnxruntime_fp32" in ms:
+        result["onnxruntime_fp32_median_ms"] = round(ms["onnxruntime_fp32"]["median_ms"], 4)
+        result["ratio_vs_onnxruntime_fp32"] = round(ours / ms["onnxruntime_fp32"]["median_ms"], 3)
+    else:
+        result["onnxruntime_fp32_note"] = fp32_note
+    print(json.dumps(result))
+    art.record_bench(result)
+    return 0
+
+
+def _bench_feeds(art, args) -> dict[str, np.ndarray]:
     from .data import load_npz
 
-    if args.runs < 1 or args.batch < 1:
-        raise QccError("--runs and --batch must be >= 1")
-    art = load(args.artifact)
     if args.inputs:
-        feeds = {k: v[:args.batch] for k, v in load_npz(args.inputs, "input").items()}
-    else:
-        feeds = {}
-        for spec in art.manifest["inputs"]:
-            if np.dtype(spec["dtype"]).kind != "f":
-                raise QccError(f"input {spec['name']!r} is {spec['dtype']}: give real inputs with --inputs")
-            shape = [args.batch] + [d if d is not None else 1 for d in spec["shape"][1:]]
-            feeds[spec["name"]] = np.random.default_rng(0).standard_normal(shape).astype(spec["dtype"])
-    session = ort_backend.make_session(art.folder / QDQ_MODEL)
-    for _ in range(args.warmup):
-        art.run(feeds)
-        session.run(None, feeds)
-    ours, ort = [], []
-    for _ in range(args.runs):
-        t = time.perf_counter()
-        art.run(feeds)
-        ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        session.run(None, feeds)
-        ort.append(time.perf_counter() - t)
-    med, ort_med = float(np.median(ours)) * 1e3, float(np.median(ort)) * 1e3
-    print(json.dumps({"artifact": str(art.folder), "target": art.manifest["target"], "batch": args.batch,
-                      "runs": args.runs, "median_ms": round(med, 4), "p90_ms": round(float(np.percentile(ours, 90)) * 1e3, 4),
-                      "onnxruntime_qdq_median_ms": round(ort_med, 4), "ratio_vs_onnxruntime_qdq": round(med / ort_med, 3)}))
-    return 0
+        return {k: v[:args.batch] for k, v in load_npz(args.inputs, "input").items()}
+    feeds = {}
+    for spec in art.manifest["inputs"]:
+        if np.dtype(spec["dtype"]).kind != "f":
+            raise QccError(f"input {spec['name']!r} is {spec['dtype']}: give real inputs with --inputs")
+        batch = spec["shape"][0] if spec["shape"] else None
+        if batch is not None and batch != args.batch:
+            raise QccError(f"input {spec['name']!r} has a fixed batch of {batch}: use --batch {batch}")
+        shape = [args.batch] + [d if d is not None else 1 for d in spec["shape"][1:]]
+        feeds[spec["name"]] = np.random.default_rng(0).standard_normal(shape).astype(spec["dtype"])
+    return feeds
 
 
 def _inspect(args) -> int:

@@ -25,6 +25,8 @@ PASSES = (
     "equalization", "noisyquant", "adaround", "mixed-precision",  # CLE, noise bias, W4 rounding, 4/8 bits
     "smoothing", "affinequant", "repquant", "repquant-softmax", "crossquant",  # transformers, rewrite order
 )
+# passes whose optimisation runs in torch (the `torch` extra); compile checks before calibrating
+PASS_NEEDS = {"equalization": "torch", "noisyquant": "torch", "adaround": "torch", "affinequant": "torch"}
 
 
 @dataclass

@@ -80,7 +80,11 @@ def validate_feeds(specs: list[InputSpec], feeds: dict[str, np.ndarray], what: s
                     raise QccError(f"{what} data {name!r} has shape {arr.shape}; the model expects {_fmt(shape)}")
         counts.add(arr.shape[0])
         if spec.is_float:
-            if arr.dtype.kind == "f":
+            if arr.dtype.kind != "f":
+                # raw integer pixels / token ids fed to a float input would calibrate the wrong ranges
+                raise QccError(f"{what} data {name!r} is {arr.dtype}; the model input is {spec.dtype} (convert "
+                               f"and scale it as the model expects, e.g. x.astype(np.float32) / 255 for pixels)")
+            else:
                 bad = ~np.isfinite(arr)
                 if bad.any():
                     kind = "NaN" if np.isnan(arr).any() else "inf"

@@ -73,7 +73,41 @@ def _from_proto(proto: onnx.ModelProto, where: str) -> ir.Model:
         raise QccError(f"{where} does not import the default ONNX domain")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise QccError(f"{where} uses opset {opset}; qcc supports opsets {MIN_OPSET}-{MAX_OPSET}")
+    _check_operators(proto, where)
     return ir.serde.deserialize_model(proto)
+
+
+# domains onnxruntime (calibration, reference) runs without a user-registered kernel library
+RUNTIME_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+
+
+def _check_operators(proto: onnx.ModelProto, where: str) -> None:
+    """Every node must be an operator onnxruntime can run (qcc calibrates by running the float graph) or a
+    function the model defines: name the first one that is not, instead of failing inside calibration."""
+    local = {(f.domain, f.name) for f in proto.functions}
+    for graph in _graphs(proto.graph):
+        for node in graph.node:
+            if (node.domain, node.op_type) in local:
+                continue
+            domain = node.domain or "ai.onnx"
+            if node.domain not in RUNTIME_DOMAINS:
+                raise QccError(f"{where}: node {node.name or node.output[0]!r} is {domain}::{node.op_type}, a custom "
+                               f"operator onnxruntime cannot run (qcc calibrates by running the float model); "
+                               f"replace it with standard ONNX ops or a model-local function")
+            if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
+                raise QccError(f"{where}: node {node.name or node.output[0]!r} has op type {node.op_type!r}, "
+                               f"which is not an ONNX operator")
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _graphs(g)
 
 
 def default_opset(proto: onnx.ModelProto) -> int | None:

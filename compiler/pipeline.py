@@ -24,7 +24,8 @@ from .artifact import (MANIFEST, QDQ_MODEL, REPORT, check_output_dir, file_sha25
                        write_artifact)
 from .calibrate import calibrate
 from .canonicalize import canonicalize
-from .config import SCHEMES, QuantConfig
+from . import extras
+from .config import PASS_NEEDS, SCHEMES, QuantConfig
 from .data import input_specs, validate_feeds
 from .errors import QccError
 from .loader import load_model
@@ -63,6 +64,9 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
                   tune_trials: int | None = None, tune_minutes: float | None = None) -> CompileResult:
     config = config or QuantConfig()
     log = log or (lambda msg: None)
+    for name in config.passes:   # an optional package a chosen pass needs: say so before any work
+        if name in PASS_NEEDS:
+            extras.check(PASS_NEEDS[name], f"the {name} pass")
     if target not in TARGETS:
         raise QccError(f"unknown target {target!r}; this build supports: {', '.join(TARGETS)}")
     tune = None
@@ -392,10 +396,10 @@ def _weight_passes(ir_model, float_proto, config, stats, calib, timings, log):
     8-bit overrides under config.weight_budget), AdaRound (rounded weights for the quantizer; the float
     reference keeps its own), analytic bias correction (shifts from folded BatchNorm statistics).
     Returns (config with the overrides, AdaRound weights or None, analytic bias shifts or None)."""
-    from .passes import adaround, mixed_precision   # torch: imported only when a pass runs
-
     weights = analytic = None
     if "mixed-precision" in config.passes:
+        from .passes import mixed_precision
+
         t = time.perf_counter()
         overrides, summary = mixed_precision.plan_overrides(float_proto, build_plan(ir_model, config, stats), calib,
                                                             config.weight_budget, config.per_channel)
@@ -404,6 +408,8 @@ def _weight_passes(ir_model, float_proto, config, stats, calib, timings, log):
         log(f"mixed precision: {summary['kept_8bit']}/{summary['layers']} layers kept at 8 bits, weight bytes "
             f"{summary.get('weight_bytes_ratio', 1.0):.3f}x of int8 (budget {config.weight_budget})")
     if "adaround" in config.passes:
+        from .passes import adaround   # torch: imported only when the pass runs
+
         t = time.perf_counter()
         weights, summary = adaround.optimize(float_proto, ir_model, build_plan(ir_model, config, stats), calib,
                                              config.per_channel)
@@ -412,6 +418,8 @@ def _weight_passes(ir_model, float_proto, config, stats, calib, timings, log):
     if "bias-correction-analytic" in config.passes:
         model = ir_model
         if weights:  # the shifts must see the weights the emitter will round
+            from .passes import adaround
+
             model = ir.serde.deserialize_model(float_proto)
             adaround.apply_weights(model, weights)
             folded = {n.outputs[0].name: n.meta["folded_bn"] for n in ir_model.graph if "folded_bn" in n.meta}

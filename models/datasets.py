@@ -89,10 +89,12 @@ TEXT_PHOTO_NAMES = ("page", "text")
 @functools.lru_cache(maxsize=None)
 def _load_photo(name: str) -> tuple[np.ndarray, ...]:
     """One skimage sample as float32 HxWx3 arrays in [0, 1]; () if it cannot load offline."""
-    import skimage.data
+    from qcc import extras
+
+    skimage_data = extras.require("skimage.data", "natural-image calibration crops (skimage's sample photos)")
 
     try:
-        img = getattr(skimage.data, name)()
+        img = getattr(skimage_data, name)()
     except Exception:  # noqa: BLE001 - an optional photo that needs pooch; skip it
         return ()
     # stereo_motorcycle returns (left, right, disparity): both views are photos.

@@ -52,6 +52,11 @@ def _cached_export(name: str, cache_dir: Path | None, export: Callable[[Path], o
     path = cache / f"{name}.onnx"
     if path.is_file():
         return path
+    from qcc import extras
+
+    extras.check("torch", f"the zoo model {name!r} (exported from PyTorch on first use)")
+    if name.startswith("minilm"):
+        extras.check("transformers", f"the zoo model {name!r}")
     cache.mkdir(parents=True, exist_ok=True)
     # Export to a temporary name and rename, so a crashed or concurrent export never leaves a
     # half-written file that later runs would trust.

@@ -195,13 +195,15 @@ def test_tune_kill9_resume_and_export(fashion, tmp_path):
     proc.wait()
     _, before = read(journal)
     assert 2 <= len(before) < 6
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=180)   # an existing run: not silently resumed
+    assert again.returncode == 2 and "--resume continues its trials, --force starts over" in again.stderr
+    run = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:]
     _, after = read(journal)
     keys = [t["key"] for t in after]
     assert len(after) == 6 and len(set(keys)) == 6
     assert [t["key"] for t in after[:len(before)]] == [t["key"] for t in before]   # kept, not redone
-    assert [t["trial"] for t in after] == list(range(6))
+    assert [t["trial"] for t in after] == list(range(1, 7))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     ok = [t for t in after if t["metrics"].get("loss", math.inf) <= 1.5]
     best = min(ok, key=lambda t: t["metrics"]["size_bytes"])

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import helper as oh
 
 import qcc
 from conftest import compile_quiet, max_rel_err, run, session
@@ -53,6 +54,14 @@ def _bad_inputs(tmp: Path, model: Path, x: np.ndarray):
     trunc.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
     noise = tmp / "noise.onnx"
     noise.write_bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    custom = tmp / "custom.onnx"   # a node of a domain onnxruntime has no kernels for
+    m = oh.make_model(oh.make_graph(
+        [oh.make_node("Relu", ["input"], ["h"], name="relu"),
+         oh.make_node("FancyAct", ["h"], ["y"], name="fancy", domain="com.example")], "g",
+        [oh.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 1, 28, 28])]),
+        opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("com.example", 1)])
+    onnx.save(m, custom)
     nan = x.copy()
     nan[1, 0, 3, 3] = np.nan
     inf = x.copy()
@@ -68,6 +77,8 @@ def _bad_inputs(tmp: Path, model: Path, x: np.ndarray):
         "inf": (model, {"input": inf}, [], ["inf"]),
         "empty": (model, {"input": x[:0]}, [], ["empty"]),
         "string": (model, {"input": np.full(x.shape, "s")}, [], ["dtype"]),
+        "integers for a float input": (model, {"input": (x * 255).astype(np.int32)}, [], ["int32", "float32"]),
+        "custom-domain op": (custom, {"input": x}, [], ["'fancy'", "com.example::FancyAct", "onnxruntime cannot run"]),
         "no calib for a user model": (model, None, [], ["--calib"]),
         "unknown zoo name": ("resnet-9000", {"input": x}, [], ["resnet-9000"]),
         "bad override": (model, {"input": x}, ["--override", "x=int3"], ["int3"]),
@@ -76,7 +87,7 @@ def _bad_inputs(tmp: Path, model: Path, x: np.ndarray):
 
 
 BAD_CASES = ["missing model", "truncated", "random bytes", "keys", "rank", "fixed dim", "nan", "inf", "empty",
-             "string", "no calib for a user model", "unknown zoo name", "bad override", "missing calib file"]
+             "string", "integers for a float input", "custom-domain op", "no calib for a user model", "unknown zoo name", "bad override", "missing calib file"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -316,9 +327,17 @@ def test_cli_bench_prints_one_json_line(default_artifact):
     assert len(lines) == 1
     row = json.loads(lines[0])
     assert row["batch"] == 2 and row["runs"] == 3 and row["target"] == "onnx"
-    assert row["median_ms"] > 0 and row["onnxruntime_qdq_median_ms"] > 0
+    assert row["threads"] == len(os.sched_getaffinity(0))   # default: the CPUs this process may use
+    assert row["median_ms"] > 0 and row["onnxruntime_int8_median_ms"] > 0 and row["onnxruntime_fp32_median_ms"] > 0
+    assert row["ratio_vs_onnxruntime_int8"] == pytest.approx(row["median_ms"] / row["onnxruntime_int8_median_ms"],
+                                                             rel=0.01)
+    report = json.loads((Path(out) / "report.json").read_text())
+    assert report["bench"]["median_ms"] == row["median_ms"]   # the figures land in the report
+    assert "report.html" in os.listdir(out)
     proc = qcc_cli("bench", out, "--runs", "0")
     assert proc.returncode == 2 and "--runs" in proc.stderr
+    proc = qcc_cli("bench", out, "--threads", "0")
+    assert proc.returncode == 2 and "--threads" in proc.stderr
 
 
 def test_llvm_target_refuses_w4a8_before_calibrating(tmp_path, calib_npz, fashion_paths):

@@ -192,6 +192,16 @@ def load_vm(path: Path):
     return relax.VirtualMachine(lib, tvm.cpu())
 
 
+def set_threads(n: int) -> int:
+    """Size TVM's CPU thread pool (process-wide) to `n` worker threads; returns the size in effect."""
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    if tvm.get_global_func("runtime.NumThreads")() != n:
+        # mode 0: no affinity pinning, so the OS places threads on the CPUs this process may use
+        tvm.get_global_func("runtime.config_threadpool")(0, n)
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
 def to_device(array: np.ndarray):
     return tvm.runtime.tensor(np.ascontiguousarray(array))
 

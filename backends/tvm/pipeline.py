@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from qcc.errors import QccError
+from qcc.threads import default_threads
 from tvm import relax
 
 from . import compat, cuda, fp8, onnx_prep, schedules
@@ -244,14 +245,15 @@ class ArtifactIO:
 class Runner(ArtifactIO):
     """Runs out_dir/model.so with TVM's Relax VM on the CPU."""
 
-    def __new__(cls, out_dir):
+    def __new__(cls, out_dir, threads: int | None = None):
         # cross builds run elsewhere: aarch64 under qemu, the c target's tree with the host compiler
         from .cross import runner_for
 
         other = runner_for(Path(out_dir))
         return other if other is not None else super().__new__(cls)
 
-    def __init__(self, out_dir):
+    def __init__(self, out_dir, threads: int | None = None):
+        """threads: TVM worker threads (process-wide); default: the CPUs this process may use."""
         self.folder = Path(out_dir)
         io_path, lib = self.folder / IO_SPEC, self.folder / LIBRARY
         if not lib.is_file() or not io_path.is_file():
@@ -260,6 +262,7 @@ class Runner(ArtifactIO):
         self._gpu = self.spec.get("target", {}).get("kind") == "cuda"
         self.vm = cuda.load_vm(lib) if self._gpu else compat.load_vm(lib)
         self._main = self.vm["main"]
+        self.threads = None if self._gpu else compat.set_threads(threads or default_threads())
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.spec.get("static_batch"):

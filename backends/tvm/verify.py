@@ -125,7 +125,7 @@ def layerwise(qdq_model: onnx.ModelProto, feeds: dict[str, np.ndarray], build_di
     ref_model = with_quantized_outputs(qdq_model, names)
     sess = ort_session or ort_backend.make_session(ref_model)
     ref_names = [o.name for o in ref_model.graph.output]
-    ref = dict(zip(ref_names, sess.run(ref_names, feeds)))
+    ref = dict(zip(ref_names, ort_backend.run_all(sess, feeds, output_names=ref_names)))
     forced_model, forced = teacher_forced(qdq_model)
     shapes = {name: ["batch"] + list(ref[q].shape[1:]) for name, q in forced.items()}
     for vi in forced_model.graph.input:
@@ -166,8 +166,8 @@ def end_to_end(qdq_model: onnx.ModelProto, tvm_outputs: list[np.ndarray], feeds:
     onnxruntime fused vs unfused (the floor set by rounding-tie chaos)."""
     from qcc.backends import onnxruntime as ort_backend
 
-    ref = ort_backend.make_session(qdq_model).run(None, feeds)
-    unfused = ort_backend.make_session(qdq_model, optimize=False).run(None, feeds)
+    ref = ort_backend.run_all(ort_backend.make_session(qdq_model), feeds)
+    unfused = ort_backend.run_all(ort_backend.make_session(qdq_model, optimize=False), feeds)
     steps = output_steps(qdq_model)
     quant = activation_quantizers(qdq_model)
     result = {}
@@ -216,9 +216,9 @@ def perturbation_floor(qdq_model: onnx.ModelProto, feeds: dict[str, np.ndarray],
 
     quant = activation_quantizers(qdq_model)
     sess = ort_backend.make_session(qdq_model)
-    base = sess.run(None, feeds)
+    base = ort_backend.run_all(sess, feeds)
     names = [o.name for o in qdq_model.graph.output]
-    ref = ort_backend.make_session(float_model).run(None, feeds) if float_model is not None else None
+    ref = ort_backend.run_all(ort_backend.make_session(float_model), feeds) if float_model is not None else None
     rng = np.random.default_rng(0)
     runs = []
     for _ in range(seeds):
@@ -229,7 +229,7 @@ def perturbation_floor(qdq_model: onnx.ModelProto, feeds: dict[str, np.ndarray],
                 pert[k] = (v + rng.uniform(-1, 1, np.shape(v)) * rel * q["scale"]).astype(v.dtype)
             else:
                 pert[k] = v
-        out = sess.run(None, pert)
+        out = ort_backend.run_all(sess, pert)
         entry = {n: {"mean_abs": float(np.abs(o.astype(np.float64) - b).mean()),
                      "max_abs": float(np.abs(o.astype(np.float64) - b).max())} for n, o, b in zip(names, out, base)}
         if ref is not None:
