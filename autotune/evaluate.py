@@ -49,6 +49,7 @@ from qcc.loader import load_model
 from qcc.metrics import fidelity
 from qcc.plan import build_plan
 from qcc.statistics import TensorStats
+from qcc.trace import Trace
 
 LOSSES = ("auto", "accuracy", "disagreement", "kl", "cosine")
 CALIB_BATCH = 32          # fixed so statistics don't depend on which tensors are calibrated together
@@ -106,7 +107,7 @@ class TrialEvaluator:
         key = json.dumps([opset, fields], sort_keys=True, default=str)
         if key not in self._rewritten:
             model, _ = canonicalize(load_model(self.model), min_opset=opset)
-            proto = pipeline.rewrite(model, ir.to_proto(model), config, self.calib, {}, lambda m: None)
+            proto = pipeline.rewrite(model, ir.to_proto(model), config, self.calib, Trace())
             if len(self._rewritten) >= REWRITE_CACHE:
                 self._rewritten.pop(next(iter(self._rewritten)))
             self._rewritten[key] = (model, proto, hashlib.sha256(proto.SerializeToString()).hexdigest())
@@ -143,9 +144,8 @@ class TrialEvaluator:
         config = self.with_batch(config)
         float_model, float_proto, digest = self.float_graph(config)
         stats = self.statistics(float_proto, digest, build_plan(float_model, config).roots())
-        quiet = lambda m: None
         config, weights, analytic = pipeline._weight_passes(float_model, float_proto, config, stats, self.calib,
-                                                            {}, quiet)
+                                                            Trace())
         model, plan, encodings = pipeline.quantize(float_proto, config, stats, analytic, weights)
         if "bias-correction" in config.passes:
             model, plan, encodings, _ = pipeline._bias_correction(float_proto, model, plan, encodings, config,

@@ -231,14 +231,16 @@ def _line(n, budget, searcher, metrics, point, loss_name) -> str:
 def write_report(out: Path, trials: list[dict], goal: Goal, summary: dict, loss_name: str, searcher: str,
                  best: dict | None) -> None:
     losses = [goal.loss(t["metrics"]) for t in trials]
-    images = [report.plot_loss({searcher: losses}, out / "loss.png", ylabel=f"loss ({loss_name})")]
+    numbers = [t.get("trial", k + 1) for k, t in enumerate(trials)]   # as journaled: 1-based, as the log
+    images = [report.plot_loss({searcher: losses}, out / "loss.png", ylabel=f"loss ({loss_name})",
+                               trials={searcher: numbers})]
     latency = goal.objective == "latency"
     costs = [t["metrics"].get("latency_ms" if latency else "size_bytes", math.inf) for t in trials]
     costs = [c if latency else c / 1e3 for c in costs]
     chosen = trials.index(best) if best in trials else None
     images.append(report.plot_pareto(costs, losses, out / "pareto.png",
                                      "latency (ms)" if latency else "QDQ model size (kB)",
-                                     f"loss ({loss_name})", goal.max_loss, chosen))
+                                     f"loss ({loss_name})", goal.max_loss, chosen, labels=numbers))
     rows = []
     for t in sorted(trials, key=lambda t: goal.rank_key(goal.loss(t["metrics"]), _value(goal, t["metrics"]))):
         m = t["metrics"]
@@ -247,4 +249,5 @@ def write_report(out: Path, trials: list[dict], goal: Goal, summary: dict, loss_
             row["latency ms"] = m.get("latency_ms", math.inf)
         row["config"] = m.get("error") or json.dumps(t["point"], sort_keys=True)
         rows.append(row)
-    report.write_html(out / "report.html", f"qcc tune: {Path(summary['model']).name}", summary, images, rows)
+    report.write_html(out / "report.html", f"qcc tune: {Path(summary['model']).name}", summary, images, rows,
+                      best_trial=best["trial"] if best else None)

@@ -20,8 +20,8 @@ import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
 
 from . import __version__
-from .artifact import (MANIFEST, QDQ_MODEL, REPORT, check_output_dir, file_sha256, save_json, save_model,
-                       write_artifact)
+from .artifact import (MANIFEST, QDQ_MODEL, REPORT, REPORT_HTML, check_output_dir, file_sha256, save_json,
+                       save_model, write_artifact)
 from .calibrate import calibrate
 from .canonicalize import canonicalize
 from . import extras
@@ -37,6 +37,8 @@ from .passes.smoothing import collect_stats, find_sites, smooth
 from .qdq import emit_qdq
 from .ranges import select_range
 from .report import build_report
+from .report_html import write_compile_report
+from .trace import Trace
 
 # "onnx" is QDQ only; the others build code through TVM (backends/tvm)
 TVM_TARGETS = ("llvm", "x86-64", "cuda")     # model.so for this host / a CUDA GPU (--arch sm_XX, cuda.py)
@@ -112,7 +114,8 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
                            "--target onnx or llvm")
         edge_target = cross.edge_target(target, mcpu, mattr)
         log(f"TVM target: {edge_target}")
-    timings: dict[str, float] = {}
+    trace = Trace(log)
+    timings = trace.timings
     t = time.perf_counter()
 
     ir_model = load_model(model, example_inputs)
@@ -131,7 +134,7 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
                            f"{len(next(iter(eval_data.values())))} samples")
     float_proto = ir.to_proto(ir_model)
     source_bytes = float_proto.ByteSize()
-    float_proto = rewrite(ir_model, float_proto, config, calib, timings, log)
+    float_proto = rewrite(ir_model, float_proto, config, calib, trace)
 
     t = time.perf_counter()
     draft = build_plan(ir_model, config)
@@ -140,12 +143,13 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
     timings["calibrate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    config, weights, analytic = _weight_passes(ir_model, float_proto, config, stats, calib, timings, log)
+    config, weights, analytic = _weight_passes(ir_model, float_proto, config, stats, calib, trace)
     ir_model, plan, encodings = quantize(float_proto, config, stats, analytic, weights)
     if "bias-correction" in config.passes:
+        t_bc = time.perf_counter()
         ir_model, plan, encodings, corrected = _bias_correction(float_proto, ir_model, plan, encodings, config,
                                                                 stats, calib, analytic, weights)
-        log(f"bias correction: {corrected} layers")
+        trace.pass_done("bias-correction", t_bc, {"layers": corrected}, f"bias correction: {corrected} layers")
     qdq_proto = ir.to_proto(ir_model)
     try:
         onnx.checker.check_model(qdq_proto)
@@ -160,6 +164,7 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
     report.update({
         "canonicalize": canon,
         "timings": timings,
+        "passes": trace.passes,
         "size": {"fp32_bytes": source_bytes, "qdq_bytes": qdq_bytes,
                  "ratio": qdq_bytes / source_bytes if source_bytes else None},
     })
@@ -191,14 +196,16 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
                 manifest["hashes"].update(_tree_hashes(folder, report["backend"]["files"].values()))
                 timings["tvm_build_s"] = time.perf_counter() - t_build
             save_json(folder / REPORT, report)
+            manifest["files"]["report_html"] = REPORT_HTML
             save_json(folder / MANIFEST, manifest)
+            write_compile_report(folder / REPORT_HTML, report, manifest)
 
         out_dir = write_artifact(Path(out_dir), force, writer)
     return CompileResult(qdq_proto, float_proto, plan, report, manifest, Path(out_dir) if out_dir else None)
 
 
-def rewrite(ir_model: ir.Model, float_proto: onnx.ModelProto, config: QuantConfig, calib, timings: dict,
-            log) -> onnx.ModelProto:
+def rewrite(ir_model: ir.Model, float_proto: onnx.ModelProto, config: QuantConfig, calib,
+            trace: Trace) -> onnx.ModelProto:
     """The equivalence-preserving rewrites chosen in config.passes, applied to the float graph before
     calibration, so statistics, bias correction and the report all see the rewritten graph (its
     outputs equal the original's: tests/test_pass_*.py). Returns the rewritten float graph."""
@@ -209,8 +216,7 @@ def rewrite(ir_model: ir.Model, float_proto: onnx.ModelProto, config: QuantConfi
         summary = equalize(ir_model, measure_preactivation_max(float_proto, pairs, calib), pairs,
                            inputs=capture_pair_inputs(float_proto, pairs, calib), per_channel=config.per_channel)
         float_proto = ir.to_proto(ir_model)
-        timings["equalization_s"] = time.perf_counter() - t
-        log(f"equalization: {summary['channels_scaled']}/{summary['channels']} channels in "
+        trace.pass_done("equalization", t, summary, f"equalization: {summary['channels_scaled']}/{summary['channels']} channels in "
             f"{summary['pairs']} conv pairs")
     if "noisyquant" in config.passes:
         from .passes import noisyquant   # torch: imported only when the pass runs
@@ -218,8 +224,7 @@ def rewrite(ir_model: ir.Model, float_proto: onnx.ModelProto, config: QuantConfi
         t = time.perf_counter()
         summary = noisyquant.noisyquant(ir_model, float_proto, calib)
         float_proto = ir.to_proto(ir_model)
-        timings["noisyquant_s"] = time.perf_counter() - t
-        log(f"noisyquant: noise on {summary['noised']}/{summary['sites']} layer inputs")
+        trace.pass_done("noisyquant", t, summary, f"noisyquant: noise on {summary['noised']}/{summary['sites']} layer inputs")
     if "smoothing" in config.passes:
         t = time.perf_counter()
         # duplicate=True: in a post-LN BERT the residual Add reads every LN output, so the MatMuls get
@@ -227,15 +232,14 @@ def rewrite(ir_model: ir.Model, float_proto: onnx.ModelProto, config: QuantConfi
         sites, _ = find_sites(ir_model, duplicate=True)
         summary = smooth(ir_model, collect_stats(float_proto, sites, calib), sites)
         float_proto = ir.to_proto(ir_model)
-        timings["smoothing_s"] = time.perf_counter() - t
-        log(f"smoothing: {summary['smoothed']}/{summary['sites']} LayerNorm sites "
+        trace.pass_done("smoothing", t, summary, f"smoothing: {summary['smoothed']}/{summary['sites']} LayerNorm sites "
             f"({summary['duplicated']} through a LayerNorm copy)")
-    float_proto = transformer_rewrites(ir_model, float_proto, config, calib, timings, log)
+    float_proto = transformer_rewrites(ir_model, float_proto, config, calib, trace)
     return float_proto
 
 
 def transformer_rewrites(ir_model: ir.Model, float_proto: onnx.ModelProto, config: QuantConfig, calib,
-                         timings: dict, log) -> onnx.ModelProto:
+                         trace: Trace) -> onnx.ModelProto:
     """AffineQuant, RepQuant, CrossQuant float rewrites (in that order, after smoothing). CrossQuant
     records its sites in the model's metadata for its run-time quantizer (see runtime_quantizers)."""
     from .passes import crossquant, repquant
@@ -249,23 +253,20 @@ def transformer_rewrites(ir_model: ir.Model, float_proto: onnx.ModelProto, confi
         t = time.perf_counter()
         summary = affinequant.apply(ir_model, float_proto, calib)
         float_proto = ir.to_proto(ir_model)
-        timings["affinequant_s"] = time.perf_counter() - t
-        log(f"affinequant: {summary['sites']} sites, output error {summary['loss_ratio']:.3f}x of identity")
+        trace.pass_done("affinequant", t, summary, f"affinequant: {summary['sites']} sites, output error {summary['loss_ratio']:.3f}x of identity")
     if "repquant" in config.passes:
         t = time.perf_counter()
         sites = repquant.find_sites(ir_model)
         ranges = repquant.collect_channel_ranges(float_proto, [s.tensor for s in sites], calib)
         summary = repquant.reparameterize(ir_model, ranges, sites, symmetric=config.activation_symmetric)
         float_proto = ir.to_proto(ir_model)
-        timings["repquant_s"] = time.perf_counter() - t
-        log(f"repquant: {summary['sites']} LayerNorm sites reparameterized to one per-tensor scale")
+        trace.pass_done("repquant", t, summary, f"repquant: {summary['sites']} LayerNorm sites reparameterized to one per-tensor scale")
     if "crossquant" in config.passes:
         t = time.perf_counter()
         sites = crossquant.find_sites(ir_model)
         summary = crossquant.crossquant(ir_model, crossquant.collect_stats(float_proto, sites, calib), sites)
         float_proto = ir.to_proto(ir_model)
-        timings["crossquant_s"] = time.perf_counter() - t
-        log(f"crossquant: {summary['sites']} sites, quantization kernel {summary['kernel']}")
+        trace.pass_done("crossquant", t, summary, f"crossquant: {summary['sites']} sites, quantization kernel {summary['kernel']}")
     return float_proto
 
 
@@ -315,7 +316,9 @@ def build_tvm(qdq_proto: onnx.ModelProto, tvm_target: dict, folder: Path, calib,
             return info
     data = eval_data if eval_data is not None else calib
     sample = {k: v[:VERIFY_SAMPLES] for k, v in data.items()}
-    outputs = tvm_backend.Runner(folder).run(sample)
+    runner = tvm_backend.Runner(folder)
+    outputs = runner.run(sample)
+    info["threads"] = runner.threads   # what `qcc.load` / `qcc run` use here by default (CPU affinity)
     info["exactness"] = verify.end_to_end(qdq_proto, outputs, sample)
     return info
 
@@ -391,7 +394,7 @@ def quantize(float_proto: onnx.ModelProto, config: QuantConfig, stats,
     return model, plan, encodings
 
 
-def _weight_passes(ir_model, float_proto, config, stats, calib, timings, log):
+def _weight_passes(ir_model, float_proto, config, stats, calib, trace: Trace):
     """Passes that decide how weights are quantized, after calibration: mixed precision (per-tensor
     8-bit overrides under config.weight_budget), AdaRound (rounded weights for the quantizer; the float
     reference keeps its own), analytic bias correction (shifts from folded BatchNorm statistics).
@@ -404,8 +407,7 @@ def _weight_passes(ir_model, float_proto, config, stats, calib, timings, log):
         overrides, summary = mixed_precision.plan_overrides(float_proto, build_plan(ir_model, config, stats), calib,
                                                             config.weight_budget, config.per_channel)
         config = dataclasses.replace(config, overrides={**overrides, **config.overrides})
-        timings["mixed_precision_s"] = time.perf_counter() - t
-        log(f"mixed precision: {summary['kept_8bit']}/{summary['layers']} layers kept at 8 bits, weight bytes "
+        trace.pass_done("mixed-precision", t, summary, f"mixed precision: {summary['kept_8bit']}/{summary['layers']} layers kept at 8 bits, weight bytes "
             f"{summary.get('weight_bytes_ratio', 1.0):.3f}x of int8 (budget {config.weight_budget})")
     if "adaround" in config.passes:
         from .passes import adaround   # torch: imported only when the pass runs
@@ -413,9 +415,11 @@ def _weight_passes(ir_model, float_proto, config, stats, calib, timings, log):
         t = time.perf_counter()
         weights, summary = adaround.optimize(float_proto, ir_model, build_plan(ir_model, config, stats), calib,
                                              config.per_channel)
-        timings["adaround_s"] = time.perf_counter() - t
-        log(f"adaround: {sum(r['kept'] for r in summary)}/{len(summary)} layers improved on nearest rounding")
+        improved = sum(r['kept'] for r in summary)
+        trace.pass_done("adaround", t, {"layers": len(summary), "improved": improved},
+                        f"adaround: {improved}/{len(summary)} layers improved on nearest rounding")
     if "bias-correction-analytic" in config.passes:
+        t = time.perf_counter()
         model = ir_model
         if weights:  # the shifts must see the weights the emitter will round
             from .passes import adaround
@@ -427,7 +431,8 @@ def _weight_passes(ir_model, float_proto, config, stats, calib, timings, log):
                 if node.outputs and node.outputs[0].name in folded:
                     node.meta["folded_bn"] = folded[node.outputs[0].name]
         analytic = analytic_shift(model, build_plan(model, config, stats), config.power_of_two)
-        log(f"analytic bias correction: {len(analytic)} layers")
+        trace.pass_done("bias-correction-analytic", t, {"layers": len(analytic)},
+                        f"analytic bias correction: {len(analytic)} layers")
     return config, weights, analytic
 
 

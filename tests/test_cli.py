@@ -139,7 +139,7 @@ def test_cli_existing_output_and_force(tmp_path, calib_npz, fashion_paths):
     assert _listing(out) == ["manifest.json", "old.txt"]
     proc = qcc_cli(*base, "--force")
     assert proc.returncode == 0, proc.stderr
-    assert _listing(out) == ["manifest.json", "model.qdq.onnx", "report.json"]
+    assert _listing(out) == ["manifest.json", "model.qdq.onnx", "report.html", "report.json"]
     assert _listing(tmp_path) == ["art"]
 
 
@@ -158,7 +158,7 @@ def default_artifact(tmp_path_factory):
 
 def test_cli_compile_default_model(default_artifact):
     out, proc = default_artifact
-    assert _listing(out) == ["manifest.json", "model.qdq.onnx", "report.json"]
+    assert _listing(out) == ["manifest.json", "model.qdq.onnx", "report.html", "report.json"]
     assert _listing(out.parent) == ["OUT"]
     model = onnx.load(str(out / "model.qdq.onnx"))
     onnx.checker.check_model(model)

@@ -205,7 +205,7 @@ def test_existing_output_folder_needs_force(tmp_path, fashion):
     assert _listing(out) == ["keep.txt", "manifest.json"]
     res = compile_quiet(str(path), calib, out_dir=out, force=True)
     assert res.out_dir == out
-    assert _listing(out) == ["manifest.json", "model.qdq.onnx", "report.json"]
+    assert _listing(out) == ["manifest.json", "model.qdq.onnx", "report.html", "report.json"]
     assert _listing(tmp_path) == ["art"]  # no hidden .tmp / .old folders left behind
     onnx.checker.check_model(onnx.load(str(out / "model.qdq.onnx")))
 

@@ -4,9 +4,17 @@ Kernel level: each TE kernel with a requantize-like int64 epilogue, scheduled by
 build applies (tiling, VNNI tensorization, fused epilogue, parallel), built and compared bit for bit.
 Module level: a small integer Relax network through schedules.compile_module (channels-last
 rewrite, weight packing, fusion, schedules) against the same module built by TVM's default pipeline.
+
+Which path a kernel took (VNNI tensorized, or the AVX2 16-lane multiply-adds) is read from the
+scheduled TIR and the LLVM IR, never from the assembly: the instruction LLVM selects for the same IR
+depends on the CPU (the AVX2 path's products become vpmaddwd on Intel CPUs but vpdpwssd under
+-mcpu znver4, whose tuning has fast-dpwssd). The kernels are also built for znver4 on any x86-64
+host, and run wherever the host has what that code needs (_runnable).
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -17,12 +25,100 @@ from qcc.backends.tvm import compat, schedules
 from qcc.backends.tvm.compat import R, relax
 from qcc.backends.tvm.schedules import kernels, schedule
 from qcc.backends.tvm.schedules.intrin import has_vnni, is_x86_llvm
-from qcc.backends.tvm.target import detect_target
+from qcc.backends.tvm.target import detect_target, host_cpu_flags
 from tvm import te
 
 TARGET = detect_target()
 needs_vnni = pytest.mark.skipif(not has_vnni(TARGET), reason="this CPU has no AVX-512 VNNI")
 RNG = np.random.default_rng(0)
+
+# AMD Zen 4 (the CPU whose instruction choice broke mnemonic checks): compiled on any x86-64 host
+ZNVER4 = {"kind": "llvm", "mcpu": "znver4"}
+_X86_ZNVER4 = is_x86_llvm(TARGET) and compat.is_valid_cpu("znver4")
+KERNEL_TARGETS = [pytest.param(TARGET, id="host"),
+                  pytest.param(ZNVER4, id="znver4",
+                               marks=pytest.mark.skipif(not _X86_ZNVER4, reason="x86-64 LLVM with znver4"))]
+
+# LLVM features its instruction selection may use in ordinary code (no intrinsic asked for), with
+# their /proc/cpuinfo flag. The others a CPU enables (clzero, mwaitx, rdpru, sha, rdrnd, ...) are
+# reached only through their own intrinsics, which these kernels do not call.
+_CODEGEN_FLAGS = {
+    "cmov": "cmov", "cx16": "cx16", "sahf": "lahf_lm", "sse3": "pni", "ssse3": "ssse3", "sse4.1": "sse4_1",
+    "sse4.2": "sse4_2", "sse4a": "sse4a", "popcnt": "popcnt", "lzcnt": "abm", "bmi": "bmi1", "bmi2": "bmi2",
+    "tbm": "tbm", "movbe": "movbe", "adx": "adx", "f16c": "f16c", "fma": "fma", "fma4": "fma4", "xop": "xop",
+    "pclmul": "pclmulqdq", "avx": "avx", "avx2": "avx2", "avxvnni": "avx_vnni", "avx512f": "avx512f",
+    "avx512bw": "avx512bw", "avx512cd": "avx512cd", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
+    "avx512ifma": "avx512ifma", "avx512vbmi": "avx512vbmi", "avx512vbmi2": "avx512_vbmi2",
+    "avx512vnni": "avx512_vnni", "avx512bitalg": "avx512_bitalg", "avx512vpopcntdq": "avx512_vpopcntdq",
+    "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16", "gfni": "gfni", "vaes": "vaes",
+    "vpclmulqdq": "vpclmulqdq",
+}
+# what the kernels' two paths rest on: a build without one of these is a different kernel
+_PATH_FEATURES = {"avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni"}
+
+
+def _runnable(target):
+    """A target whose code runs on this host, for `target`'s kernels: `target` itself when the host
+    has every feature its code may use; else the same mcpu (same tuning, e.g. znver4's fast-dpwssd)
+    with the features the host lacks switched off, when none of them is one the kernel paths need
+    (znver4 on an Intel host: -sse4a); None when the code cannot run here (compile-only)."""
+    if not is_x86_llvm(TARGET) or not is_x86_llvm(target):
+        return target if target is TARGET else None
+    _, flags = host_cpu_flags()
+    missing = sorted(f for f, flag in _CODEGEN_FLAGS.items()
+                     if flag not in flags and compat.cpu_has_features(target, [f]))
+    if not missing:
+        return target
+    if set(missing) & _PATH_FEATURES:
+        return None
+    return dict(target, mattr=[*target.get("mattr", []), *(f"-{f}" for f in missing)])
+
+
+def _functions(ll: str) -> list[dict[str, str]]:
+    """Per function of an LLVM IR module: {SSA name: its defining instruction}."""
+    bodies = re.split(r"^define ", ll, flags=re.M)[1:]
+    return [dict(re.findall(r"^\s*(%[\w.]+) = (.+)$", body, re.M)) for body in bodies]
+
+
+_VNNI_CALL = re.compile(r"call <16 x i32> @llvm\.x86\.avx512\.vpdpbusd\.512\(")
+
+
+def widened_i8_macs(ll: str) -> int:
+    """16-lane int32 multiply-adds of 8-bit operands widened to int32 in the LLVM IR,
+    acc + ext(<16 x i8>) * ext(<16 x i8>): the AVX2 path's products (from the k-major layout, one
+    broadcast input byte times 16 weights). Instruction selection makes these vpmaddwd, or vpdpwssd
+    (znver4), or SSE2 pmaddwd on a plain x86-64: the IR is the same."""
+    count = 0
+    for defs in _functions(ll):
+        def widened(v):
+            return re.match(r"[sz]ext <16 x i8> %[\w.]+ to <16 x i32>", defs.get(v, "")) is not None
+        muls = {name for name, ins in defs.items()
+                if (m := re.match(r"mul(?: nsw| nuw)* <16 x i32> (%[\w.]+), (%[\w.]+)", ins))
+                and widened(m[1]) and widened(m[2])}
+        count += sum(1 for ins in defs.values()
+                     if (m := re.match(r"add(?: nsw| nuw)* <16 x i32> (%[\w.]+), (%[\w.]+)", ins))
+                     and (m[1] in muls or m[2] in muls))
+    return count
+
+
+def assert_vnni_path(tir: str, ll: str) -> None:
+    """Tensorized with vpdpbusd: the intrinsic call in the scheduled TIR and in the LLVM IR, and no
+    part of the reduction left as plain widened multiply-adds."""
+    tensorized = '"llvm.x86.avx512.vpdpbusd.512"' in tir
+    assert tensorized, "the schedule did not tensorize with vpdpbusd (scheduled TIR)"
+    calls = len(_VNNI_CALL.findall(ll))
+    assert calls >= 1, "no llvm.x86.avx512.vpdpbusd.512 call in the LLVM IR"
+    macs = widened_i8_macs(ll)
+    assert macs == 0, f"{macs} widened int8 multiply-adds beside the vpdpbusd calls in the LLVM IR"
+
+
+def assert_avx2_path(tir: str, ll: str) -> None:
+    """The k-major AVX2 path: no VNNI intrinsic; the 16 x 4 step as (at least) 4 unrolled 16-lane
+    int32 multiply-adds of widened 8-bit operands."""
+    vnni = "vpdpbusd" in tir or _VNNI_CALL.search(ll) is not None
+    assert not vnni, "the AVX2 path uses the VNNI intrinsic"
+    macs = widened_i8_macs(ll)
+    assert macs >= 4, f"{macs} 16-lane widened int8 multiply-adds in the LLVM IR (want >= 4)"
 
 
 def conv_ref(x, w, stride, pad, groups=1):
@@ -61,22 +157,29 @@ def _epilogue_ref(acc, b, m):
     return np.clip((v + ((v >> 7) & 1)) >> 7, 0, 255).astype(np.uint8)
 
 
-def _run(args, out, arrays, expect_rule):
+def _run(args, out, arrays, expect_rule, target=TARGET):
+    """Schedule and build for `target`; run on this host (a _runnable build). Returns (output, or
+    None where this host cannot run the target's code; scheduled TIR; LLVM IR of the `target` build)."""
     func = te.create_prim_func(args + [out])
     scheduled, rule = schedule.schedule_function(func)
     assert rule == expect_rule
-    lib = tvm.tirx.build(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}),
-                         target=compat.make_target(TARGET))
+    mod = tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")})
+    lib = tvm.tirx.build(mod, target=compat.make_target(target))
+    run_target = _runnable(target)
+    if run_target is None:
+        return None, scheduled.script(), lib.inspect_source("ll")
+    run_lib = lib if run_target is target else tvm.tirx.build(mod, target=compat.make_target(run_target))
     res = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], str(out.dtype)))
-    lib(*[tvm.runtime.tensor(a) for a in arrays], res)
-    return res.numpy(), lib.inspect_source("asm")
+    run_lib(*[tvm.runtime.tensor(a) for a in arrays], res)
+    return res.numpy(), scheduled.script(), lib.inspect_source("ll")
 
 
-@pytest.mark.parametrize("kmajor", [False, True])   # VNNI layout (vpdpbusd) / AVX2 k-major (vpmaddwd)
+@pytest.mark.parametrize("target", KERNEL_TARGETS)
+@pytest.mark.parametrize("kmajor", [False, True])   # VNNI layout (vpdpbusd) / AVX2 k-major (16-lane int32 products)
 @pytest.mark.parametrize("c,o,k,stride,pad,hw", [(19, 37, 3, 2, 1, 13), (3, 20, 3, 2, 1, 15), (24, 40, 1, 1, 0, 9)])
-def test_conv2d_vnni_packed(c, o, k, stride, pad, hw, kmajor):
-    if not kmajor and not has_vnni(TARGET):
-        pytest.skip("this CPU has no AVX-512 VNNI")
+def test_conv2d_vnni_packed(c, o, k, stride, pad, hw, kmajor, target):
+    if not kmajor and not has_vnni(target):
+        pytest.skip("no AVX-512 VNNI on this target")
     x = RNG.integers(0, 256, (1, c, hw, hw), dtype=np.uint8)
     w = RNG.integers(-128, 128, (o, c, k, k), dtype=np.int8)
     wp = kernels.pack_conv_weight(w, kmajor=kmajor)
@@ -87,10 +190,13 @@ def test_conv2d_vnni_packed(c, o, k, stride, pad, hw, kmajor):
     b, m, out = _epilogue(y, o16)
     bn = RNG.integers(-5000, 5000, o16, dtype=np.int32)
     mn = RNG.integers(1, 8, o16).astype(np.int64)
-    got, asm = _run([xt, wt, b, m], out, [x.transpose(0, 2, 3, 1).copy(), wp, bn, mn], kernels.CONV_BLOCK)
-    acc = conv_ref(x, w, stride, pad).transpose(0, 2, 3, 1)
-    np.testing.assert_array_equal(got[..., :o], _epilogue_ref(acc, bn[:o], mn[:o]))
-    assert ("vpmaddwd" if kmajor else "vpdpbusd") in asm
+    got, tir, ll = _run([xt, wt, b, m], out, [x.transpose(0, 2, 3, 1).copy(), wp, bn, mn], kernels.CONV_BLOCK,
+                        target)
+    (assert_avx2_path if kmajor else assert_vnni_path)(tir, ll)
+    assert got is not None or target is not TARGET
+    if got is not None:
+        acc = conv_ref(x, w, stride, pad).transpose(0, 2, 3, 1)
+        np.testing.assert_array_equal(got[..., :o], _epilogue_ref(acc, bn[:o], mn[:o]))
 
 
 @pytest.mark.parametrize("c,stride,pad,hw,dtype", [(37, 2, 1, 11, "uint8"), (32, 1, 1, 10, "int8")])
@@ -104,16 +210,18 @@ def test_depthwise_vectorized(c, stride, pad, hw, dtype):
     b, m, out = _epilogue(y, c)
     bn = RNG.integers(-5000, 5000, c, dtype=np.int32)
     mn = RNG.integers(1, 8, c).astype(np.int64)
-    got, _ = _run([xt, wt, b, m], out, [x.transpose(0, 2, 3, 1).copy(), kernels.pack_depthwise_weight(w), bn, mn],
-                  kernels.DW_BLOCK)
+    got, _, _ = _run([xt, wt, b, m], out, [x.transpose(0, 2, 3, 1).copy(), kernels.pack_depthwise_weight(w), bn, mn],
+                     kernels.DW_BLOCK)
     acc = conv_ref(x, w, stride, pad, groups=c).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(got, _epilogue_ref(acc, bn, mn))
 
 
-@needs_vnni
+@pytest.mark.parametrize("target", KERNEL_TARGETS)
 @pytest.mark.parametrize("c,stride,hw", [(64, 1, 9), (128, 2, 11), (192, 1, 7)])
-def test_depthwise_vnni_lane_order(c, stride, hw):
+def test_depthwise_vnni_lane_order(c, stride, hw, target):
     """x arrives in lane order (kernels.lane_order), the output comes out in natural order."""
+    if not has_vnni(target):
+        pytest.skip("no AVX-512 VNNI on this target")
     x = RNG.integers(0, 256, (1, c, hw, hw), dtype=np.uint8)
     w = RNG.integers(-128, 128, (c, 1, 3, 3), dtype=np.int8)
     wv = kernels.pack_depthwise_weight_vnni(w)
@@ -124,10 +232,12 @@ def test_depthwise_vnni_lane_order(c, stride, hw):
     bn = RNG.integers(-5000, 5000, c, dtype=np.int32)
     mn = RNG.integers(1, 8, c).astype(np.int64)
     xl = kernels.to_lane_order(x.transpose(0, 2, 3, 1), 3)
-    got, asm = _run([xt, wt, b, m], out, [xl, wv, bn, mn], kernels.DW_VNNI_BLOCK)
-    acc = conv_ref(x, w, stride, 1, groups=c).transpose(0, 2, 3, 1)
-    np.testing.assert_array_equal(got, _epilogue_ref(acc, bn, mn))
-    assert "vpdpbusd" in asm
+    got, tir, ll = _run([xt, wt, b, m], out, [xl, wv, bn, mn], kernels.DW_VNNI_BLOCK, target)
+    assert_vnni_path(tir, ll)
+    assert got is not None or target is not TARGET
+    if got is not None:
+        acc = conv_ref(x, w, stride, 1, groups=c).transpose(0, 2, 3, 1)
+        np.testing.assert_array_equal(got, _epilogue_ref(acc, bn, mn))
 
 
 def test_lane_order_is_a_permutation_per_64_channels():
@@ -137,11 +247,12 @@ def test_lane_order_is_a_permutation_per_64_channels():
     np.testing.assert_array_equal(kernels.to_lane_order(a, 1), a[:, nat])
 
 
+@pytest.mark.parametrize("target", KERNEL_TARGETS)
 @pytest.mark.parametrize("kmajor", [False, True])
 @pytest.mark.parametrize("m_,k,n", [(5, 45, 37), (1, 64, 1000)])
-def test_dense_vnni_packed(m_, k, n, kmajor):
-    if not kmajor and not has_vnni(TARGET):
-        pytest.skip("this CPU has no AVX-512 VNNI")
+def test_dense_vnni_packed(m_, k, n, kmajor, target):
+    if not kmajor and not has_vnni(target):
+        pytest.skip("no AVX-512 VNNI on this target")
     x = RNG.integers(0, 256, (m_, k), dtype=np.uint8)
     w = RNG.integers(-128, 128, (k, n), dtype=np.int8)
     wp = kernels.pack_dense_weight(w, kmajor=kmajor)
@@ -152,10 +263,12 @@ def test_dense_vnni_packed(m_, k, n, kmajor):
     b, mm, out = _epilogue(y, n16)
     bn = RNG.integers(-5000, 5000, n16, dtype=np.int32)
     mn = RNG.integers(1, 8, n16).astype(np.int64)
-    got, asm = _run([xt, wt, b, mm], out, [x, wp, bn, mn], kernels.DENSE_BLOCK)
-    acc = x.astype(np.int64) @ w.astype(np.int64)
-    np.testing.assert_array_equal(got[:, :n], _epilogue_ref(acc, bn[:n], mn[:n]))
-    assert ("vpmaddwd" if kmajor else "vpdpbusd") in asm
+    got, tir, ll = _run([xt, wt, b, mm], out, [x, wp, bn, mn], kernels.DENSE_BLOCK, target)
+    (assert_avx2_path if kmajor else assert_vnni_path)(tir, ll)
+    assert got is not None or target is not TARGET
+    if got is not None:
+        acc = x.astype(np.int64) @ w.astype(np.int64)
+        np.testing.assert_array_equal(got[:, :n], _epilogue_ref(acc, bn[:n], mn[:n]))
 
 
 def _requant(acc, c):
@@ -196,19 +309,27 @@ def _small_net():
 
 
 @pytest.mark.skipif(not is_x86_llvm(TARGET), reason="x86 schedules")
-@pytest.mark.parametrize("mcpu", [None, "haswell"])   # this CPU (VNNI here), and AVX2 without VNNI
+@pytest.mark.parametrize("mcpu", [None, "haswell", "znver4"])   # this CPU (VNNI here), AVX2 without VNNI, Zen 4
 def test_module_matches_default_build(mcpu):
     target = TARGET if mcpu is None else {"kind": "llvm", "mcpu": mcpu}
     mod, x = _small_net()
-    ex_ref, _ = compat.compile_module(mod, target)
     ex, _ = schedules.compile_module(mod, target)
     info = dict(schedules.LAST_INFO)
-    run = lambda e: relax.VirtualMachine(e, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    np.testing.assert_array_equal(run(ex), run(ex_ref))
+    assert info["vnni"] == has_vnni(target)
     assert info["kernels"].get("depthwise") == 1
     isa = "vnni" if info["vnni"] else "avx2"     # AVX2: the same kernels with k-major weights
     assert info["kernels"].get(f"conv2d_{isa}") == 1 and info["kernels"].get(f"dense_{isa}") == 1
     assert info["functions"].get("failed", 0) == 0
+    run_target = _runnable(target)
+    if run_target is None:       # this host cannot run the target's code: built and checked only
+        assert target is not TARGET
+        return
+    if run_target is not target:
+        ex, _ = schedules.compile_module(mod, run_target)
+        assert dict(schedules.LAST_INFO) == info
+    ex_ref, _ = compat.compile_module(mod, run_target)
+    run = lambda e: relax.VirtualMachine(e, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(run(ex), run(ex_ref))
 
 
 def _requant_f32(acc, c):
@@ -262,7 +383,7 @@ def test_non_x86_target_is_left_alone():
 
 
 @pytest.mark.skipif(not is_x86_llvm(TARGET), reason="x86 schedules")
-@pytest.mark.parametrize("mcpu", [None, "haswell"])   # this CPU (VNNI here), and AVX2: the matmul rule
+@pytest.mark.parametrize("mcpu", [None, "haswell", "znver4"])   # this CPU (VNNI here), AVX2: the matmul rule, Zen 4
 def test_activation_matmul_matches_default_build(mcpu):
     """Attention-style activation x activation matmul (odd sizes) with its requantize epilogue."""
     target = TARGET if mcpu is None else {"kind": "llvm", "mcpu": mcpu}
@@ -282,6 +403,13 @@ def test_activation_matmul_matches_default_build(mcpu):
     # VNNI: packed at run time onto the dense kernel; otherwise the matmul rule
     rule = kernels.DENSE_BLOCK if has_vnni(target) else "matmul"
     assert schedules.LAST_INFO["functions"].get(rule) == 1
+    run_target = _runnable(target)
+    if run_target is None:       # this host cannot run the target's code: built and checked only
+        assert target is not TARGET
+        return
+    if run_target is not target:
+        ex, _ = schedules.compile_module(mod, run_target)
+        assert schedules.LAST_INFO["functions"].get(rule) == 1
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(xb)).numpy()
     ref = np.clip((xa.astype(np.int64) @ xb.astype(np.int64)) >> 9, 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(got, ref)
