@@ -95,7 +95,7 @@ def test_vnni_space_tensorizes_the_packed_dense_exactly(tmp_path):
     tgt = compat.make_target({**tvm_backend.detect_target(), "num-cores": 2})
     tune.prepare_logging()
     db = ms.tir_integration.tune_tir(mod, tgt, str(tmp_path / "ms"), max_trials_global=8, num_trials_per_iter=8,
-                                     space=tune.vnni_space(), database="memory")
+                                     space=tune.vnni_space(), database="memory", builder=tune.local_builder())
     sch = ms.tir_integration.compile_tir(db, mod, tgt)
     assert sch is not None
     lib = tvm.tirx.build(sch.mod, target=tgt)

@@ -54,6 +54,9 @@ TUNED_RULES = ("generic", "matmul", "rows")   # plus failed rules: the functions
 VNNI_RULES = (CONV_BLOCK, DENSE_BLOCK)  # tuned in the VNNI space on VNNI targets
 MIN_US = 5.0                            # functions faster than this (rule-based) are not tuned
 _CHUNK = 16                             # trials per tune_tir call: the time budget is checked between calls
+# MetaSchedule's default 30 s per build is the time a worker takes to start and import TVM on a busy
+# 2-core machine: every trial then "fails" and nothing is tuned. Building a candidate takes ~1 s.
+BUILD_TIMEOUT_S = 180
 
 
 def db_dir(target: dict) -> Path:
@@ -107,6 +110,13 @@ def prepare_logging() -> None:
     for h in list(ms_logger.handlers):
         if not (h.get_name() or "").startswith("tvm.s_tir.meta_schedule"):
             ms_logger.removeHandler(h)
+
+
+def local_builder():
+    """MetaSchedule's local builder with BUILD_TIMEOUT_S per candidate."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S)
 
 
 def vnni_space():
@@ -275,7 +285,7 @@ class Tuner:
                 n = min(_CHUNK, self.trials - done)
                 work = self.folder / "logs" / key     # MetaSchedule's logs: why a trial failed
                 ms.tir_integration.tune_tir(wl, target=self.tgt, work_dir=str(work), max_trials_global=n,
-                                            num_trials_per_iter=n, database=db, seed=done,
+                                            num_trials_per_iter=n, database=db, seed=done, builder=local_builder(),
                                             **({"space": vnni_space()} if vnni else {}))
                 done += n
                 counts.add(key, n)
