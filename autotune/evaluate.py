@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
-from qcc import pipeline
+from qcc import pipeline, targets
 from qcc.backends import onnxruntime as ort_backend
 from qcc.calibrate import calibrate
 from qcc.canonicalize import canonicalize
@@ -69,8 +69,7 @@ class TrialEvaluator:
                  latency: bool = False, calib_batch_size: int = CALIB_BATCH, mcpu: str | None = None):
         if loss not in LOSSES:
             raise QccError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
-        if target not in pipeline.TARGETS:
-            raise QccError(f"unknown target {target!r}; this build supports: {', '.join(pipeline.TARGETS)}")
+        targets.get(target)   # QccError for an unknown target, naming those this build supports
         self.model = str(model)
         self.target, self.latency, self.mcpu = target, latency, mcpu
         self.calib_batch_size = calib_batch_size
@@ -144,12 +143,7 @@ class TrialEvaluator:
         config = self.with_batch(config)
         float_model, float_proto, digest = self.float_graph(config)
         stats = self.statistics(float_proto, digest, build_plan(float_model, config).roots())
-        config, weights, analytic = pipeline._weight_passes(float_model, float_proto, config, stats, self.calib,
-                                                            Trace())
-        model, plan, encodings = pipeline.quantize(float_proto, config, stats, analytic, weights)
-        if "bias-correction" in config.passes:
-            model, plan, encodings, _ = pipeline._bias_correction(float_proto, model, plan, encodings, config,
-                                                                  stats, self.calib, analytic, weights)
+        _, model, _, _ = pipeline.quantize_with_passes(float_model, float_proto, config, stats, self.calib, Trace())
         qdq = ir.to_proto(model)
         onnx.checker.check_model(qdq)  # as compile does: an invalid graph is a failed trial
         return float_proto, qdq, digest

@@ -114,11 +114,11 @@ def write_html(path: Path, title: str, summary: dict, images: list[Path], rows: 
     """One page, no external files, in the style of `qcc compile`'s report.html: the summary, the plots
     (PNG as base64, SVG inline; loss.png -> figure#loss-chart, pareto.png -> figure#pareto-chart) and a
     table of trials (the row whose "trial" is best_trial, default summary["best"]["trial"], highlighted)."""
-    from qcc import report_html as H
+    from qcc import html_page as H
 
     summary = summary if isinstance(summary, dict) else {}
     if best_trial is None:
-        best_trial = H._get(summary, "best", "trial")
+        best_trial = H.get_in(summary, "best", "trial")
     sections = [H.section("Summary", _summary_cards(summary), "summary")]
     figures = []
     for img in images:
@@ -155,7 +155,7 @@ def write_html(path: Path, title: str, summary: dict, images: list[Path], rows: 
 def _config_text(v) -> str:
     """A trial's point (a JSON object) as short escaped text: key=value, switched-on passes by name,
     switched-off ones left out; anything else (an error message) escaped as it is."""
-    from qcc import report_html as H
+    from qcc import html_page as H
 
     try:
         point = json.loads(v) if isinstance(v, str) else None
@@ -178,7 +178,7 @@ def _config_text(v) -> str:
 
 
 def _summary_cards(summary: dict) -> str:
-    from qcc import report_html as H
+    from qcc import html_page as H
 
     items = []
     obj = summary.get("objective")

@@ -8,13 +8,13 @@ Dimensions (a point is a dict {dimension: value}, JSON-serializable; its key is 
     int4            fraction of the compute layers whose weights drop to int4 (W4A8), least
                     sensitive first (highest int4 weight SQNR); --target onnx only
     float_layers    how many of the most sensitive layers (lowest int8 SQNR proxy) stay float
-    pass:NAME       one per graph pass in qcc.config.PASSES: off, on, or on with each combination
-                    of the parameters registered in PASS_PARAMS
+    pass:NAME       one per registered graph pass (passes/registry.py): off, on, or on with each
+                    combination of its record's `params`
 
-New passes plug in without touching the searchers: a pass listed in qcc.config.PASSES is a dimension
-automatically; register its parameter grid in PASS_PARAMS and a function turning one parameter
-choice into QuantConfig field values in PASS_CONFIG; a pass that cannot change a given graph can
-say so in PASS_APPLIES (it is then left out of that model's space rather than doubling it).
+New passes plug in without touching the searchers: a registered pass is a dimension automatically;
+its record's `params` grid and `to_config` (one parameter choice -> QuantConfig field values) make it
+tunable, and its `applies` says when it cannot change a given graph (it is then left out of that
+model's space rather than doubling it).
 """
 
 from __future__ import annotations
@@ -23,64 +23,23 @@ import itertools
 import json
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
-from qcc import config as qconfig
 from qcc import extras
 from qcc.config import QuantConfig
 from qcc.errors import QccError
+from qcc.passes import registry as passes
 from qcc.qtypes import QType
 
 CALIBRATION_CHOICES = ("minmax", "percentile-99.9", "percentile-99.99", "percentile-99.999", "entropy", "mse")
 
 POOL = 4096              # a space larger than this is searched on a fixed random sample of this many points
 
-# pass name -> {parameter: candidate values}; the space tries each combination when the pass is on
-PASS_PARAMS: dict[str, dict[str, list]] = {
-    "mixed-precision": {"weight_budget": [0.4, 0.6, 0.8]},
-}
-# pass name -> (parameters chosen) -> QuantConfig field values
-PASS_CONFIG: dict[str, Callable[[dict], dict]] = {
-    "mixed-precision": lambda p: {"weight_budget": float(p["weight_budget"])},
-}
 
-
-def _has_conv_pairs(model: ir.Model) -> bool:
-    from qcc.passes.equalization import find_pairs
-
-    return bool(find_pairs(model))
-
-
-def _has_ln_sites(model: ir.Model) -> bool:
-    from qcc.passes.smoothing import find_sites
-
-    return bool(find_sites(model, duplicate=True)[0])
-
-
-def _has_sites(module: str, finder: str) -> Callable[[ir.Model], bool]:
-    def applies(model: ir.Model) -> bool:
-        import importlib
-
-        return bool(getattr(importlib.import_module(f"qcc.passes.{module}"), finder)(model))
-
-    return applies
-
-
-def _has_op(op: str) -> Callable[[ir.Model], bool]:
-    return lambda model: any(node.op_type == op for node in model.graph)
-
-
-# pass name -> (float model) -> whether the pass can change it; unknown passes are assumed to apply
-PASS_APPLIES: dict[str, Callable[[ir.Model], bool]] = {
-    "equalization": _has_conv_pairs,
-    "smoothing": _has_ln_sites,
-    "affinequant": _has_sites("affinequant", "find_head_sites"),
-    "repquant": _has_sites("repquant", "find_sites"),
-    "repquant-softmax": _has_op("Softmax"),
-    "crossquant": _has_sites("crossquant", "find_sites"),
-}
+def _pass_params(name: str) -> dict[str, list]:
+    """The pass's tunable parameter grid (its registry record), {} when it has none."""
+    return passes.get(name).params
 
 
 @dataclass
@@ -126,8 +85,8 @@ class Space:
                  "int4": 0.0, "float_layers": 0,
                  "calibration": f"percentile-{cfg.percentile:g}" if cfg.calibration == "percentile" else cfg.calibration}
         for name in self.pass_names:
-            point[f"pass:{name}"] = name in cfg.passes if not PASS_PARAMS.get(name) else False
-            if name in cfg.passes and PASS_PARAMS.get(name):
+            point[f"pass:{name}"] = name in cfg.passes if not _pass_params(name) else False
+            if name in cfg.passes and _pass_params(name):
                 return None
         point = {k: v for k, v in point.items() if k in self.dims}
         if any(v not in self.dims[k] for k, v in point.items()):
@@ -150,7 +109,7 @@ class Space:
 
     @property
     def pass_param_keys(self) -> list[tuple[str, str]]:
-        return [(p, k) for p in self.pass_names for k in sorted(PASS_PARAMS.get(p, {}))]
+        return [(p, k) for p in self.pass_names for k in sorted(_pass_params(p))]
 
     def calibration_of(self, point: dict) -> tuple[str, float]:
         choice = point.get("calibration")
@@ -183,14 +142,15 @@ class Space:
             "exclude": list(self.base.exclude) + self.float_nodes(point),
             "overrides": {**self.base.overrides, **{w: "w4a8" for _, w in self._int4(point)}},
         }
-        passes = [p for p in self.base.passes if f"pass:{p}" not in self.dims]
+        chosen = [p for p in self.base.passes if f"pass:{p}" not in self.dims]
         for name in self.pass_names:
             choice = point.get(f"pass:{name}", False)
             if choice:
-                passes.append(name)
-                if isinstance(choice, dict) and name in PASS_CONFIG:
-                    fields.update(PASS_CONFIG[name](choice))
-        fields["passes"] = [p for p in qconfig.PASSES if p in passes]  # canonical order
+                chosen.append(name)
+                to_config = passes.get(name).to_config
+                if isinstance(choice, dict) and to_config is not None:
+                    fields.update(to_config(choice))
+        fields["passes"] = [p for p in passes.names() if p in chosen]  # canonical order
         cfg = QuantConfig(**{**self.base.to_dict(), **fields})
         return cfg
 
@@ -202,14 +162,14 @@ DIMENSIONS = ("scheme", "power_of_two", "calibration", "granularity", "int4", "f
 
 
 def check_restrict(restrict: dict | None) -> None:
-    known = list(DIMENSIONS) + [f"pass:{p}" for p in qconfig.PASSES]
+    known = list(DIMENSIONS) + [f"pass:{p}" for p in passes.names()]
     for name in restrict or {}:
         if name not in known:
             raise QccError(f"unknown search dimension {name!r}; known: {', '.join(known)}")
 
 
 def pass_values(name: str) -> list:
-    params = PASS_PARAMS.get(name)
+    params = _pass_params(name)
     if not params:
         return [False, True]
     keys = sorted(params)
@@ -220,7 +180,7 @@ def default_space(stats, float_model: ir.Model, target: str = "onnx", base: Quan
                   restrict: dict[str, list] | None = None) -> Space:
     """The full space for a model (`stats`: features.ModelStats of its float graph). `restrict` replaces
     a dimension's values (or drops the dimension with an empty list: the base config decides it)."""
-    from qcc.pipeline import TVM_TARGETS
+    from qcc import targets
 
     sens = stats.sensitivity()
     order = sorted(range(len(stats.layers)), key=lambda i: sens[i])
@@ -228,8 +188,9 @@ def default_space(stats, float_model: ir.Model, target: str = "onnx", base: Quan
     int4_order = sorted(range(len(stats.layers)), key=lambda i: -int4_db[i])
     # what each target's backend lowers: int4 weights only as QDQ for onnxruntime; FP8 also through
     # TVM on x86; the edge builds take int8 only
-    fp8 = target == "onnx" or target in TVM_TARGETS
-    int4 = target == "onnx"
+    lowers = targets.get(target).schemes   # None: every scheme
+    fp8 = lowers is None or "fp8-e4m3" in lowers
+    int4 = lowers is None or "w4a8" in lowers
     dims: dict[str, list] = {
         "scheme": ["int8", "int8-sym", "uint8-sym"] + (["fp8-e4m3"] if fp8 else []),
         "power_of_two": [False, True],
@@ -238,13 +199,11 @@ def default_space(stats, float_model: ir.Model, target: str = "onnx", base: Quan
         "int4": [0.0, 0.25, 0.5, 0.75] if int4 else [0.0],
         "float_layers": [0, 1, 2] if len(stats.layers) > 2 else [0],
     }
-    for name in qconfig.PASSES:
-        needs = qconfig.PASS_NEEDS.get(name)
-        if needs and not extras.available(needs):
+    for record in passes.registry().values():
+        if record.needs and not extras.available(record.needs):
             continue   # its optional package is not installed: searched only where it can run
-        applies = PASS_APPLIES.get(name)
-        if applies is None or applies(float_model):
-            dims[f"pass:{name}"] = pass_values(name)
+        if record.applies is None or record.applies(float_model):   # else it cannot change this model
+            dims[f"pass:{record.name}"] = pass_values(record.name)
     check_restrict(restrict)
     for name, values in (restrict or {}).items():
         if values:

@@ -38,7 +38,8 @@ from qcc.autotune.evaluate import TrialEvaluator
 from qcc.autotune.objective import Goal
 from qcc.autotune.searchers import make_searcher
 from qcc.autotune.space import default_space
-from qcc.config import PASSES, QuantConfig
+from qcc.config import QuantConfig
+from qcc.passes import registry
 
 CACHE = Path("~/.cache/qcc/autotune").expanduser()
 SETUPS = {
@@ -58,7 +59,7 @@ def build(name: str):
     _, float_proto, digest = ev.float_graph(ev.with_batch(QuantConfig(passes=[])))
     stats = features.model_stats(float_proto, ev.statistics(float_proto, digest, features.activation_roots(float_proto)))
     restrict = {"scheme": ["int8", "int8-sym", "uint8-sym"], "int4": [0.0], "float_layers": [0]}
-    restrict.update({f"pass:{p}": [] for p in PASSES})
+    restrict.update({f"pass:{p}": [] for p in registry.names()})
     restrict.update(s["extra"])
     space = default_space(stats, ir.serde.deserialize_model(float_proto), "onnx", base=QuantConfig(passes=[]),
                           restrict=restrict)
@@ -149,7 +150,7 @@ def size_run(budget: int) -> None:
 
     entry = models.get("mobilenetv2")
     slow = ("adaround", "noisyquant", "mixed-precision", "equalization", "bias-correction-analytic")
-    restrict = {f"pass:{p}": [False] for p in slow if p in PASSES}
+    restrict = {f"pass:{p}": [False] for p in slow if p in registry.names()}
     with tempfile.TemporaryDirectory(prefix="qcc-tune-bench-") as tmp:
         t0 = time.perf_counter()
         try:

@@ -121,18 +121,9 @@ class Artifact:
 
     def _runner(self):
         if self._session is None:
-            from .backends import onnxruntime as ort_backend
+            from . import targets   # the runner the manifest's target registers (compiler/targets.py)
 
-            target = self.manifest.get("target", "onnx")
-            if "library" in self.manifest.get("files", {}):
-                from .backends import tvm as tvm_backend
-
-                self._session = tvm_backend.Runner(self.folder, threads=self.threads)
-            elif target == "onnx":
-                session = ort_backend.make_session(self.folder / QDQ_MODEL, threads=self.threads or default_threads())
-                self._session = _OrtRunner(session, self.output_names)
-            else:
-                raise QccError(f"artifact target {target!r} has no runner in this qcc version")
+            self._session = targets.open_runner(self.manifest.get("target", "onnx"), self.folder, self.threads)
         return self._session
 
     def record_bench(self, bench: dict) -> None:
@@ -159,6 +150,15 @@ class _OrtRunner:
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self.output_names, feeds)
+
+
+def onnx_runner(folder: Path, threads: int | None = None) -> _OrtRunner:
+    """The onnx target's runner (its registry record): onnxruntime on the artifact's QDQ graph."""
+    from .backends import onnxruntime as ort_backend
+
+    manifest = json.loads((Path(folder) / MANIFEST).read_text())
+    session = ort_backend.make_session(Path(folder) / QDQ_MODEL, threads=threads or default_threads())
+    return _OrtRunner(session, [o["name"] for o in manifest["outputs"]])
 
 
 def load(folder: str | os.PathLike, threads: int | None = None) -> Artifact:

@@ -63,8 +63,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import targets
     from .config import CALIBRATIONS, GRANULARITIES, SCHEMES
-    from .pipeline import TARGETS
 
     p = _Parser(prog="qcc", description="Graph-level quantization compiler")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -72,10 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="quantize a model and build an artifact folder")
     c.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                    help=f"an .onnx file or a model-zoo name (default: {DEFAULT_MODEL}, the bundled Fashion-MNIST CNN)")
-    c.add_argument("--target", default="onnx", choices=TARGETS,
-                   help="onnx: QDQ ONNX run by onnxruntime; llvm / x86-64: integer code built by TVM (model.so); "
-                        "aarch64 / c / hexagon: cross builds for edge boards and DSPs (docs/targets.md); "
-                        "cuda: NVIDIA GPUs, with --arch (docs/cuda_fp8.md)")
+    c.add_argument("--target", default="onnx", choices=targets.choices(), help=targets.help_text())
     c.add_argument("--mcpu", help="LLVM CPU for llvm targets (default: detected from this host's CPU flags); "
                    "aarch64 presets cortex-a76 (default), cortex-a55 (+dotprod), cortex-a53 (NEON); hexagon: hexagonv68")
     c.add_argument("--mattr", metavar="FEATURES",
@@ -136,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tune", help="search quantization configs (Quantune: XGBoost-guided) and export the best")
     t.add_argument("model", help="an .onnx file or a model-zoo name")
-    t.add_argument("--target", default="onnx", choices=TARGETS)
+    t.add_argument("--target", default="onnx", choices=targets.choices())
     t.add_argument("--mcpu", help="LLVM CPU for llvm targets")
     t.add_argument("--calib", help="calibration .npz (zoo models bring their own)")
     t.add_argument("--eval", dest="eval_path", help="evaluation .npz (default: the calibration set, or the zoo's)")

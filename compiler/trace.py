@@ -37,5 +37,7 @@ class Trace:
         """Record pass `name` (begun at perf_counter() == started) with its summary, and log `line`."""
         seconds = time.perf_counter() - started
         self.timings[f"{name.replace('-', '_')}_s"] = seconds
-        self.passes.append({"name": name, "seconds": round(seconds, 4), "summary": _plain(summary)})
+        # the headline figures; per-site lists and tables stay out of the report
+        figures = {k: v for k, v in (summary or {}).items() if not isinstance(v, (dict, list, tuple))}
+        self.passes.append({"name": name, "seconds": round(seconds, 4), "summary": _plain(figures)})
         self.log(line)

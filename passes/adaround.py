@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_ir as ir
-import torch
 
 from ..backends import onnxruntime as ort_backend
 from . import layer_io
+from .registry import Pass, PassContext
 
 ZETA, GAMMA = 1.1, -0.1
 ITERATIONS = 200
@@ -126,11 +126,13 @@ def from_matrix(node: ir.Node, m: np.ndarray, shape) -> np.ndarray:
 
 def layer_output(patches: torch.Tensor, wm: torch.Tensor) -> torch.Tensor:
     """Y[g, r, o] = sum_j P[g, r, j] W[g, o, j]  (patches given group-major: [groups, rows, fan_in])."""
+    import torch
     return torch.bmm(patches, wm.transpose(1, 2))
 
 
 def objective(patches: np.ndarray, wm: np.ndarray, wm_hat: np.ndarray) -> float:
     """|| X W^T - X W_hat^T ||_F^2 / rows (the reconstruction term)."""
+    import torch
     with torch.no_grad():
         p = torch.from_numpy(patches).double().transpose(0, 1)
         d = layer_output(p, torch.from_numpy(wm_hat - wm).double())
@@ -140,6 +142,7 @@ def objective(patches: np.ndarray, wm: np.ndarray, wm_hat: np.ndarray) -> float:
 def round_layer(node: ir.Node, data: LayerData, qmax: int, axis: int | None, iterations: int = ITERATIONS,
                 seed: int = 0) -> tuple[np.ndarray, dict]:
     """AdaRound one layer; returns (W_hat in the weight's own layout, summary)."""
+    import torch
     torch.manual_seed(seed)
     w = node.inputs[1].const_value.numpy().astype(np.float32)
     scale = layer_io.weight_scale(torch.from_numpy(w), qmax, axis).numpy()
@@ -205,3 +208,21 @@ def apply_weights(model: ir.Model, weights: dict[str, np.ndarray]) -> int:
         value.const_value = ir.tensor(array.astype(np.float32), name=name)
         done += 1
     return done
+
+
+# ---- registration -------------------------------------------------------------------------------
+def _run(ctx: PassContext) -> dict:
+    from ..plan import build_plan
+
+    ctx.weights, summary = optimize(ctx.float_proto, ctx.model, build_plan(ctx.model, ctx.config, ctx.stats),
+                                    ctx.calib, ctx.config.per_channel)
+    return {"layers": len(summary), "improved": sum(r["kept"] for r in summary)}
+
+
+PASS = Pass(
+    name="adaround", phase="weights", order=40,
+    summary="learned up/down rounding of 4-bit weights on cached calibration inputs",
+    where="every conv / gemm (kept only where it beats nearest rounding)",
+    run=_run, needs="torch", after=("mixed-precision",),   # rounds to the bits mixed precision chose
+    describe=lambda s: f"adaround: {s['improved']}/{s['layers']} layers improved on nearest rounding",
+    reference="Nagel et al. 2020, Up or down? Adaptive rounding for post-training quantization")

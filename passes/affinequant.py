@@ -41,6 +41,8 @@ import onnx_ir as ir
 
 from ..initializers import add_initializer
 from . import smoothing
+from ..statistic_points import collect
+from .registry import Pass
 
 ROWS = 256
 LN_ROWS = 1024             # LayerNorm sites: half to learn the diagonal, half to validate it
@@ -114,7 +116,7 @@ def find_head_sites(model: ir.Model) -> list[HeadSite]:
 
 def collect_stats(float_model: onnx.ModelProto, sites, feeds, rows: int = ROWS):
     """tensor -> (channel abs-max, a random sample of at most `rows` rows) for every site's X."""
-    return smoothing.collect_stats(float_model, sites, feeds, max_rows=rows)
+    return collect(float_model, smoothing.statistic_points(sites, rows), feeds)
 
 
 # ---- learning A ---------------------------------------------------------------------------------
@@ -235,14 +237,26 @@ def fold_heads(graph: ir.Graph, site: HeadSite, a: np.ndarray) -> None:
                                                              bv_new.astype(np.float32)))
 
 
+def _sites(model: ir.Model, heads: bool, layernorm: bool) -> tuple[list[HeadSite], list]:
+    return (find_head_sites(model) if heads else [],
+            smoothing.find_sites(model, duplicate=True)[0] if layernorm else [])
+
+
+def statistic_points(model: ir.Model, rows: int = ROWS, heads: bool = True, layernorm: bool = True) -> dict:
+    """Every site's X: channel abs-max and a random sample of rows (more rows where LN sites learn)."""
+    head_sites, ln_sites = _sites(model, heads, layernorm)
+    return smoothing.statistic_points([*head_sites, *ln_sites], max(rows, LN_ROWS) if ln_sites else rows)
+
+
 def apply(model: ir.Model, float_model: onnx.ModelProto, feeds, steps: int | None = None,
-          rows: int | None = None, heads: bool = True, layernorm: bool = True) -> dict:
+          rows: int | None = None, heads: bool = True, layernorm: bool = True, stats: dict | None = None) -> dict:
     """Learn and fold A at every value -> output site (block-diagonal) and LN -> MatMul site (diagonal).
-    `steps` / `rows` default to the module's STEPS / ROWS."""
+    `steps` / `rows` default to the module's STEPS / ROWS; `stats` (statistic_points, collected) is
+    measured here when not given."""
     steps, rows = steps or STEPS, rows or ROWS
-    head_sites = find_head_sites(model) if heads else []
-    ln_sites = smoothing.find_sites(model, duplicate=True)[0] if layernorm else []
-    stats = collect_stats(float_model, [*head_sites, *ln_sites], feeds, max(rows, LN_ROWS) if ln_sites else rows)
+    head_sites, ln_sites = _sites(model, heads, layernorm)
+    if stats is None:
+        stats = collect(float_model, statistic_points(model, rows, heads, layernorm), feeds)
     per_site = []
     for site in head_sites:
         if site.tensor not in stats:
@@ -281,3 +295,15 @@ def apply(model: ir.Model, float_model: onnx.ModelProto, feeds, steps: int | Non
     total_id = sum(p["loss_identity"] for p in per_site)
     return {"sites": len(per_site), "per_site": per_site,
             "loss_ratio": (sum(p["loss"] for p in per_site) / total_id) if total_id else 1.0}
+
+
+# ---- registration -------------------------------------------------------------------------------
+PASS = Pass(
+    name="affinequant", phase="rewrite", order=70,
+    summary="learned invertible transform A (block-diagonal per head, diagonal into LayerNorm), A⁻¹ folded into the producer",
+    where="value → output projection, LayerNorm → MatMul",
+    run=lambda ctx: apply(ctx.model, ctx.float_proto, ctx.calib, stats=ctx.points), needs="torch",
+    statistics=lambda ctx: statistic_points(ctx.model),
+    describe=lambda s: f"affinequant: {s['sites']} sites, output error {s['loss_ratio']:.3f}x of identity",
+    applies=lambda model: bool(find_head_sites(model)),
+    reference="Ma et al. 2024, AffineQuant")

@@ -46,6 +46,7 @@ import onnx_ir as ir
 
 from ..backends import onnxruntime as ort_backend
 from ..initializers import add_initializer
+from .registry import Pass, PassContext
 
 
 def bias_site(node: ir.Node, roles: dict[str, str]) -> tuple[ir.Node, str, int] | None:
@@ -234,3 +235,53 @@ def analytic_shift(model: ir.Model, plan, power_of_two: bool = False) -> dict[st
             delta = mean @ e
         shifts[node.outputs[0].name] = delta.astype(np.float32)
     return shifts
+
+
+# ---- registration -------------------------------------------------------------------------------
+def _analytic(ctx: PassContext) -> dict:
+    from ..plan import build_plan
+
+    model = ctx.model
+    if ctx.weights:  # the shifts must see the weights the emitter will round
+        from . import adaround
+
+        model = ir.serde.deserialize_model(ctx.float_proto)
+        adaround.apply_weights(model, ctx.weights)
+        folded = {n.outputs[0].name: n.meta["folded_bn"] for n in ctx.model.graph if "folded_bn" in n.meta}
+        for node in model.graph:
+            if node.outputs and node.outputs[0].name in folded:
+                node.meta["folded_bn"] = folded[node.outputs[0].name]
+    ctx.analytic = analytic_shift(model, build_plan(model, ctx.config, ctx.stats), ctx.config.power_of_two)
+    return {"layers": len(ctx.analytic)}
+
+
+def _empirical(ctx: PassContext) -> dict:
+    """Measure each quantized linear layer's local per-channel mean output error, fold it into its
+    bias, and quantize again; an analytic shift already in the graph gets the measured residual added."""
+    model, plan, _ = ctx.quantized
+    sites = {}
+    for node in model.graph:
+        site = bias_site(node, plan.roles)
+        if site is not None:
+            sites[site[1]] = site[2]
+    if not sites:
+        return {"layers": 0}
+    shift = measure_shift(ctx.float_proto, ir.to_proto(model), sites, ctx.calib)
+    for name, delta in (ctx.analytic or {}).items():
+        shift[name] = shift[name] + delta if name in shift else delta
+    ctx.quantized = ctx.requantize(shift)
+    return {"layers": len(shift)}
+
+
+PASS = (Pass(
+    name="bias-correction-analytic", phase="weights", order=10,
+    summary="the same shift from folded BatchNorm statistics: E[x] of a clipped normal N(β, γ²) after ReLU / ReLU6",
+    where="layers fed directly by a BN-folded conv",
+    run=_analytic, describe=lambda s: f"analytic bias correction: {s['layers']} layers",
+    after=("mixed-precision", "adaround"),   # the shifts see the weights as they will be rounded
+    reference="Nagel et al. 2019, Data-free quantization, section 4.2"), Pass(
+    name="bias-correction", phase="correct", order=0,
+    summary="each quantized layer's mean output error, measured in a shadow graph, folded into its bias",
+    where="every conv / gemm / matmul with a bias",
+    run=_empirical, describe=lambda s: f"bias correction: {s['layers']} layers",
+    reference="Nagel et al. 2019, Data-free quantization, section 4.2 (empirical)"))

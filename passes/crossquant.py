@@ -65,6 +65,7 @@ from ..qparams import (
 )
 from ..qtypes import QType
 from . import smoothing
+from .registry import Pass, PassContext
 
 ALPHAS = (0.0, 0.15, 0.3, 0.45, 0.6, 0.8, 1.0)
 QMAX = 127.0
@@ -114,11 +115,6 @@ def _weight_rows(matmuls: list[ir.Node]) -> int | None:
             return None
         ks.add(w.const_value.shape[0])
     return ks.pop() if len(ks) == 1 else None
-
-
-def collect_stats(float_model: onnx.ModelProto, sites: list[Site], feeds, max_rows: int = MAX_ROWS):
-    """tensor -> (channel abs-max c over all calibration rows, a random row sample [R, K])."""
-    return smoothing.collect_stats(float_model, sites, feeds, max_rows=max_rows)
 
 
 # ---- the quantizer, in numpy (the reference for the run-time graph) -----------------------------
@@ -315,3 +311,29 @@ def runtime_quantizer(graph: ir.Graph, x: ir.Value, f: np.ndarray, a: float,
     dq.outputs[0].name = f"{base}_crossquant_dequantized"
     nodes += [q, dq]
     return nodes, dq.outputs[0], d
+
+
+# ---- registration -------------------------------------------------------------------------------
+def _statistics(ctx: PassContext) -> dict:
+    return smoothing.statistic_points(find_sites(ctx.model), MAX_ROWS)
+
+
+def _run(ctx: PassContext) -> dict:
+    return crossquant(ctx.model, ctx.points, find_sites(ctx.model))
+
+
+def _check(config) -> str | None:
+    if config.activation_type.is_float:
+        return (f"crossquant quantizes activations to int8 per token; scheme {config.scheme!r} "
+                "has float activations")
+    return None
+
+
+PASS = Pass(
+    name="crossquant", phase="rewrite", order=100,
+    summary="activation scale t_iᵃ·c_j¹⁻ᵃ/qmax: the channel part folded into the producer, the per-token part computed at run time",
+    where="LayerNorm → MatMul, GELU → MatMul",
+    run=_run, statistics=_statistics, check=_check, quantizer=RuntimeSites,
+    describe=lambda s: f"crossquant: {s['sites']} sites, quantization kernel {s['kernel']}",
+    applies=lambda model: bool(find_sites(model)),
+    reference="Liu et al. 2024, CrossQuant")

@@ -67,8 +67,8 @@ import onnx
 import onnx_ir as ir
 
 from ..initializers import add_initializer
-
-from ..backends import onnxruntime as ort_backend
+from ..statistic_points import ChannelMax, FirstSamples, collect
+from .registry import Pass, PassContext
 
 ITERATIONS = 8
 CLIP_MARGIN = 0.7        # scale a Clip channel only while its calibrated max stays below margin * hi
@@ -124,19 +124,27 @@ def find_pairs(model: ir.Model) -> list[Pair]:
     return pairs
 
 
+def statistic_points(pairs: list[Pair], n_samples: int = SEARCH_SAMPLES) -> dict:
+    """What the pass measures, as statistic points (compiler/statistic_points.py): the per-channel
+    max of each Clip pair's pre-activation (conv1 output) over every sample and position, and the
+    float input of every pair's first conv on `n_samples` calibration samples (the search's data)."""
+    points = {("preact", n): (n, ChannelMax()) for n in sorted({p.preact for p in pairs if p.clip_hi is not None})}
+    points.update({("input", n): (n, FirstSamples(n_samples)) for n in sorted({p.conv1.inputs[0].name for p in pairs})})
+    return points
+
+
+def _split(collected: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(preact max by tensor, pair inputs by tensor) from collected statistic points."""
+    preact = {n: v for (kind, n), v in collected.items() if kind == "preact"}
+    inputs = {n: v for (kind, n), v in collected.items() if kind == "input"}
+    return preact, inputs
+
+
 def measure_preactivation_max(float_model: onnx.ModelProto, pairs: list[Pair], feeds: dict[str, np.ndarray],
                               batch_size: int = 16) -> dict[str, np.ndarray]:
     """Per-channel max over samples and positions of each Clip pair's pre-activation (conv1 output)."""
-    names = sorted({p.preact for p in pairs if p.clip_hi is not None})
-    if not names:
-        return {}
-    session = ort_backend.make_session(ort_backend.with_outputs(float_model, names))
-    maxes: dict[str, np.ndarray] = {}
-    for batch in ort_backend.batches(feeds, ort_backend.batch_size_for(float_model, batch_size)):
-        for name, out in zip(names, session.run(names, batch)):
-            m = out.max(axis=(0, 2, 3)) if out.ndim == 4 else out.reshape(out.shape[0], out.shape[1], -1).max((0, 2))
-            maxes[name] = np.maximum(maxes[name], m) if name in maxes else m
-    return maxes
+    points = {k: v for k, v in statistic_points(pairs).items() if k[0] == "preact"}
+    return _split(collect(float_model, points, feeds, batch_size))[0]
 
 
 def equalize(model: ir.Model, preact_max: dict[str, np.ndarray] | None = None, pairs: list[Pair] | None = None,
@@ -237,9 +245,8 @@ def _scaled(w1, b1, w2, idx2, s):
 def capture_pair_inputs(float_model: onnx.ModelProto, pairs: list[Pair], feeds: dict[str, np.ndarray],
                         n_samples: int = SEARCH_SAMPLES) -> dict[str, np.ndarray]:
     """The float input of every pair's first conv on `n_samples` calibration samples."""
-    from . import layer_io
-
-    return layer_io.capture(float_model, [p.conv1.inputs[0].name for p in pairs], feeds, n_samples)
+    points = {k: v for k, v in statistic_points(pairs, n_samples).items() if k[0] == "input"}
+    return _split(collect(float_model, points, feeds))[1]
 
 
 def pair_error(p: Pair, x: np.ndarray, w1, b1, w2, b2, idx2, candidates: list[np.ndarray],
@@ -300,3 +307,24 @@ def _clip_bounds(clip: ir.Node) -> tuple[float, float] | None:
                 vals.append(float(v.const_value.numpy()))
         lo, hi = vals
     return (lo, hi) if np.isfinite(hi) else (lo, np.inf) if lo == 0.0 else None
+
+
+# ---- registration -------------------------------------------------------------------------------
+def _statistics(ctx: PassContext) -> dict:
+    return statistic_points(find_pairs(ctx.model))
+
+
+def _run(ctx: PassContext) -> dict:
+    # scales chosen per pair by the pair's quantized error on a few calibration samples
+    preact, inputs = _split(ctx.points)
+    return equalize(ctx.model, preact, find_pairs(ctx.model), inputs=inputs, per_channel=ctx.config.per_channel)
+
+
+PASS = Pass(
+    name="equalization", phase="rewrite", order=20,
+    summary="cross-layer equalization, per-pair exponent chosen by the pair's quantized error; depthwise included; through ReLU6 only channels that stay clear of the clip",
+    where="conv → (relu) → conv chains",
+    run=_run, statistics=_statistics, needs="torch",
+    describe=lambda s: f"equalization: {s['channels_scaled']}/{s['channels']} channels in {s['pairs']} conv pairs",
+    applies=lambda model: bool(find_pairs(model)),
+    reference="Nagel et al. 2019, Data-free quantization through weight equalization and bias correction")

@@ -1,6 +1,6 @@
 """Layer-level helpers shared by the calibration-driven passes (equalization's scale search, NoisyQuant,
-AdaRound, mixed precision): capture a layer's float inputs on calibration samples, run one Conv / Gemm
-/ MatMul layer in torch, and fake-quantize tensors the way the QDQ emitter does.
+AdaRound, mixed precision): run one Conv / Gemm / MatMul layer in torch, and fake-quantize tensors
+the way the QDQ emitter does.
 
     weights:      w_hat = s * clip(round(w / s), -qmax, qmax),  s = max|w| / qmax  (per tensor or channel)
     activations:  x_hat = s * (clip(round(x / s) + z, 0, 255) - z),  (s, z) from the range [lo, hi]
@@ -9,25 +9,7 @@ AdaRound, mixed precision): capture a layer's float inputs on calibration sample
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-import torch
-import torch.nn.functional as F
-
-from ..backends import onnxruntime as ort_backend
-
-
-def capture(float_model: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray], n_samples: int,
-            batch_size: int = 8) -> dict[str, np.ndarray]:
-    """The float values of tensors `names` on the first `n_samples` samples of `feeds`."""
-    names = sorted(set(names))
-    sub = {k: v[:n_samples] for k, v in feeds.items()}
-    session = ort_backend.make_session(ort_backend.with_outputs(float_model, names))
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for batch in ort_backend.batches(sub, ort_backend.batch_size_for(float_model, batch_size)):
-        for name, out in zip(names, session.run(names, batch)):
-            parts[name].append(out)
-    return {n: np.concatenate(p) for n, p in parts.items()}
 
 
 def const(value: ir.Value | None) -> np.ndarray | None:
@@ -36,6 +18,8 @@ def const(value: ir.Value | None) -> np.ndarray | None:
 
 def layer_forward(node: ir.Node, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """One Conv (2-D) / Gemm / MatMul with the node's attributes, in torch."""
+    import torch
+    import torch.nn.functional as F
     if node.op_type == "Conv":
         pads = list(node.attributes.get_ints("pads", [0] * 4))
         strides = list(node.attributes.get_ints("strides", [1, 1]))
@@ -67,6 +51,7 @@ def supported(node: ir.Node) -> bool:
 
 def weight_scale(w: torch.Tensor, qmax: int, axis: int | None) -> torch.Tensor:
     """s = max|w| / qmax per tensor (axis None) or per channel along `axis`, broadcastable to w."""
+    import torch
     if axis is None:
         amax = w.abs().max()
     else:
@@ -76,12 +61,14 @@ def weight_scale(w: torch.Tensor, qmax: int, axis: int | None) -> torch.Tensor:
 
 
 def fake_quant_weight(w: torch.Tensor, qmax: int, axis: int | None) -> torch.Tensor:
+    import torch
     s = weight_scale(w, qmax, axis)
     return torch.clamp(torch.round(w / s), -qmax, qmax) * s
 
 
 def fake_quant_act(x: torch.Tensor, lo: float, hi: float, levels: int = 255) -> torch.Tensor:
     """Asymmetric uint8-style fake quantization of x over [min(lo, 0), max(hi, 0)]."""
+    import torch
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if hi - lo <= 0:
         return x

@@ -31,6 +31,7 @@ from onnx import numpy_helper as nh
 from ..backends import onnxruntime as ort_backend
 from ..config import SCHEMES
 from ..qtypes import QType
+from .registry import Pass, PassContext
 
 N_SAMPLES = 32
 UNITS = 2000
@@ -45,20 +46,6 @@ def candidates(plan) -> dict[str, int]:
             w = spec.node.inputs[spec.index]
             out[w.name] = int(np.prod(w.const_value.shape))
     return out
-
-
-def weight_bytes(plan) -> tuple[float, float]:
-    """(bytes of the plan's integer weights at their bit widths, the same weights' bytes at 8 bits)."""
-    seen, total, int8 = set(), 0.0, 0.0
-    for spec in plan.weights:
-        w = spec.node.inputs[spec.index]
-        if spec.qtype.is_float or w.name in seen:
-            continue
-        seen.add(w.name)
-        n = float(np.prod(w.const_value.shape))
-        total += n * spec.qtype.bits / 8
-        int8 += n
-    return total, int8
 
 
 def qdq_weight_bytes(qdq_model: onnx.ModelProto) -> tuple[float, float]:
@@ -159,3 +146,27 @@ def plan_overrides(float_model: onnx.ModelProto, plan, feeds: dict[str, np.ndarr
     return ({n: HIGH_SCHEME for n in keep},
             {"layers": len(numel), "kept_8bit": len(keep), "weight_bytes_ratio": chosen_bytes / total,
              "sensitivity": sens})
+
+
+# ---- registration -------------------------------------------------------------------------------
+def _run(ctx: PassContext) -> dict:
+    import dataclasses
+
+    from ..plan import build_plan
+
+    config = ctx.config
+    overrides, summary = plan_overrides(ctx.float_proto, build_plan(ctx.model, config, ctx.stats), ctx.calib,
+                                        config.weight_budget, config.per_channel)
+    ctx.config = dataclasses.replace(config, overrides={**overrides, **config.overrides})
+    return {**summary, "budget": config.weight_budget}
+
+
+PASS = Pass(
+    name="mixed-precision", phase="weights", order=50,
+    summary="per-layer 4-bit sensitivity (output KL), 0/1 knapsack picks which layers keep 8 bits under `--weight-budget`",
+    where="W4A8",
+    run=_run,
+    describe=lambda s: (f"mixed precision: {s['kept_8bit']}/{s['layers']} layers kept at 8 bits, weight bytes "
+                        f"{s.get('weight_bytes_ratio', 1.0):.3f}x of int8 (budget {s['budget']})"),
+    params={"weight_budget": [0.4, 0.6, 0.8]},
+    to_config=lambda p: {"weight_budget": float(p["weight_budget"])})

@@ -29,10 +29,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import torch
 
 from ..initializers import add_initializer
 from . import layer_io
+from ..statistic_points import FirstSamples, collect
+from .registry import Pass
 
 N_SAMPLES = 8
 GRID = np.arange(-4, 5) / 8.0      # N_c in units of the quantization step
@@ -71,11 +72,13 @@ def _channel_view(node: ir.Node, x: np.ndarray) -> np.ndarray:
 
 
 def _quant(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    import torch
     return layer_io.fake_quant_act(torch.from_numpy(x), lo, hi).numpy()
 
 
 def search_noise(node: ir.Node, x: np.ndarray) -> tuple[np.ndarray | None, dict]:
     """Per-channel N for one layer from its float input samples x, or None when noise does not help."""
+    import torch
     xc = _channel_view(node, x).astype(np.float32)
     lo, hi = min(float(xc.min()), 0.0), max(float(xc.max()), 0.0)
     step = (hi - lo) / 255 if hi > lo else 0.0
@@ -99,9 +102,14 @@ def search_noise(node: ir.Node, x: np.ndarray) -> tuple[np.ndarray | None, dict]
     return (noise if kept else None), {"node": node.name, "kept": bool(kept), "err_off": err_base, "err_on": err_noisy}
 
 
+def statistic_points(sites: list[ir.Node], n_samples: int = N_SAMPLES) -> dict:
+    """Every site's float input on the first `n_samples` calibration samples."""
+    return {n: (n, FirstSamples(n_samples)) for n in sorted({node.inputs[0].name for node in sites})}
+
+
 def collect_inputs(float_model: onnx.ModelProto, sites: list[ir.Node], feeds: dict[str, np.ndarray],
                    n_samples: int = N_SAMPLES) -> dict[str, np.ndarray]:
-    return layer_io.capture(float_model, [n.inputs[0].name for n in sites], feeds, n_samples)
+    return collect(float_model, statistic_points(sites, n_samples), feeds)
 
 
 def apply_noise(model: ir.Model, node: ir.Node, noise: np.ndarray) -> None:
@@ -125,10 +133,12 @@ def apply_noise(model: ir.Model, node: ir.Node, noise: np.ndarray) -> None:
 
 
 def noisyquant(model: ir.Model, float_model: onnx.ModelProto, feeds: dict[str, np.ndarray],
-               n_samples: int = N_SAMPLES) -> dict:
-    """Search and apply NoisyQuant noise on every site; returns a summary."""
+               n_samples: int = N_SAMPLES, inputs: dict[str, np.ndarray] | None = None) -> dict:
+    """Search and apply NoisyQuant noise on every site (`inputs`: collect_inputs, measured here when
+    not given); returns a summary."""
     sites = find_sites(model)
-    inputs = collect_inputs(float_model, sites, feeds, n_samples)
+    if inputs is None:
+        inputs = collect_inputs(float_model, sites, feeds, n_samples)
     rows = []
     for node in sites:
         noise, info = search_noise(node, inputs[node.inputs[0].name])
@@ -136,3 +146,14 @@ def noisyquant(model: ir.Model, float_model: onnx.ModelProto, feeds: dict[str, n
         if noise is not None:
             apply_noise(model, node, noise)
     return {"sites": len(sites), "noised": sum(r["kept"] for r in rows), "per_site": rows}
+
+
+# ---- registration -------------------------------------------------------------------------------
+PASS = Pass(
+    name="noisyquant", phase="rewrite", order=30,
+    summary="a fixed per-channel noise N added before activation quantization, −W·N folded into the bias",
+    where="convs without padding, gemm",
+    run=lambda ctx: noisyquant(ctx.model, ctx.float_proto, ctx.calib, inputs=ctx.points), needs="torch",
+    statistics=lambda ctx: statistic_points(find_sites(ctx.model)),
+    describe=lambda s: f"noisyquant: noise on {s['noised']}/{s['sites']} layer inputs",
+    reference="Liu et al. 2023, NoisyQuant")

@@ -50,7 +50,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from ..backends import onnxruntime as ort_backend
+from ..statistic_points import LastAxisMinMax, collect
+from .registry import Pass, PassContext
 from ..initializers import add_initializer
 from .node_copy import copy_for_consumers
 from ..plan import QuantPlan
@@ -64,21 +65,15 @@ def find_sites(model: ir.Model) -> list[smoothing.Site]:
     return smoothing.find_sites(model, duplicate=True)[0]
 
 
+def statistic_points(tensors: list[str]) -> dict:
+    """tensor -> (tensor, per-channel min / max over every calibration row, last axis = channel)."""
+    return {n: (n, LastAxisMinMax()) for n in sorted(set(tensors))}
+
+
 def collect_channel_ranges(float_model: onnx.ModelProto, tensors: list[str], feeds,
                            batch_size: int = 16) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """tensor -> (per-channel min, per-channel max) over every calibration row (last axis = channel)."""
-    names = sorted(set(tensors))
-    if not names:
-        return {}
-    session = ort_backend.make_session(ort_backend.with_outputs(float_model, names))
-    lo: dict[str, np.ndarray] = {}
-    hi: dict[str, np.ndarray] = {}
-    for batch in ort_backend.batches(feeds, ort_backend.batch_size_for(float_model, batch_size)):
-        for name, out in zip(names, session.run(names, batch)):
-            x = out.reshape(-1, out.shape[-1])
-            lo[name] = np.minimum(lo[name], x.min(0)) if name in lo else x.min(0)
-            hi[name] = np.maximum(hi[name], x.max(0)) if name in hi else x.max(0)
-    return {n: (lo[n], hi[n]) for n in names}
+    return collect(float_model, statistic_points(tensors), feeds, batch_size)
 
 
 def channel_qparams(lo: np.ndarray, hi: np.ndarray, levels: int = 255,
@@ -246,3 +241,28 @@ def shift_parity_matmul(q: np.ndarray, v: np.ndarray, frac_bits: int = 8) -> np.
     # [.., S, T] codes times [.., T, D] values: shift each term, sum over T
     terms = (v[..., None, :, :] >> m[..., :, :, None]) * mult[..., :, :, None]
     return terms.sum(axis=-2) >> (2 * frac_bits)
+
+
+# ---- registration -------------------------------------------------------------------------------
+def _statistics(ctx: PassContext) -> dict:
+    return statistic_points([site.tensor for site in find_sites(ctx.model)])
+
+
+def _run(ctx: PassContext) -> dict:
+    return reparameterize(ctx.model, ctx.points, find_sites(ctx.model), symmetric=ctx.config.activation_symmetric)
+
+
+PASS = (Pass(
+    name="repquant", phase="rewrite", order=80,
+    summary="per-channel post-LayerNorm quantization reparameterized into one per-tensor scale via γ/β and the next weights",
+    where="LayerNorm → MatMul",
+    run=_run, statistics=_statistics,
+    describe=lambda s: f"repquant: {s['sites']} LayerNorm sites reparameterized to one per-tensor scale",
+    applies=lambda model: bool(find_sites(model)),
+    reference="Li et al. 2024, RepQuant"), Pass(
+    name="repquant-softmax", phase="quantizer", order=90,
+    summary="log-√2 quantizer for Softmax outputs",
+    where="Softmax",
+    quantizer=LogSoftmaxSites, after=("crossquant",),   # emission order: artifacts stay byte-identical
+    applies=lambda model: any(node.op_type == "Softmax" for node in model.graph),
+    reference="Li et al. 2024, RepQuant"))

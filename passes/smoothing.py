@@ -51,7 +51,8 @@ import onnx_ir as ir
 from ..initializers import add_initializer
 from .node_copy import copy_for_consumers
 
-from ..backends import onnxruntime as ort_backend
+from ..statistic_points import AbsMaxRows, collect
+from .registry import Pass, PassContext
 from ..qparams import (
     dequantize_values,
     quantize_values,
@@ -105,27 +106,18 @@ def find_sites(model: ir.Model, duplicate: bool = False) -> tuple[list[Site], di
     return sites, skipped
 
 
+def statistic_points(sites: list[Site], max_rows: int = MAX_ROWS, seed: int = 0) -> dict:
+    """tensor -> (tensor, AbsMaxRows): max|X_j| over all calibration rows and a random sample of at
+    most `max_rows` rows [R, K], for every site's X (one generator, drawn in tensor order)."""
+    rng = np.random.default_rng(seed)
+    return {n: (n, AbsMaxRows(max_rows, rng)) for n in sorted({s.tensor for s in sites})}
+
+
 def collect_stats(float_model: onnx.ModelProto, sites: list[Site], feeds: dict[str, np.ndarray],
                   batch_size: int = 16, max_rows: int = MAX_ROWS,
                   seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """tensor -> (max|X_j| over all calibration rows, a random sample of at most `max_rows` rows [R, K])."""
-    names = sorted({s.tensor for s in sites})
-    if not names:
-        return {}
-    n_samples = len(next(iter(feeds.values())))
-    rng = np.random.default_rng(seed)
-    session = ort_backend.make_session(ort_backend.with_outputs(float_model, names))
-    amax: dict[str, np.ndarray] = {}
-    rows: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for batch in ort_backend.batches(feeds, ort_backend.batch_size_for(float_model, batch_size)):
-        share = len(next(iter(batch.values()))) / n_samples
-        for name, out in zip(names, session.run(names, batch)):
-            x = out.reshape(-1, out.shape[-1])
-            m = np.abs(x).max(axis=0)
-            amax[name] = np.maximum(amax[name], m) if name in amax else m
-            take = min(len(x), int(np.ceil(max_rows * share)))
-            rows[name].append(x[rng.choice(len(x), take, replace=False)].astype(np.float32))
-    return {n: (amax[n], np.concatenate(rows[n])[:max_rows]) for n in names}
+    return collect(float_model, statistic_points(sites, max_rows, seed), feeds, batch_size)
 
 
 def smoothing_scale(act_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.ndarray:
@@ -227,3 +219,25 @@ def _const_weight(mm: ir.Node, k: int) -> bool:
     w = mm.inputs[1] if len(mm.inputs) > 1 else None
     return w is not None and w.const_value is not None and tuple(w.const_value.shape)[:1] == (k,) \
         and len(w.const_value.shape) == 2
+
+
+# ---- registration -------------------------------------------------------------------------------
+# duplicate=True: in a post-LN BERT the residual Add reads every LN output, so the MatMuls get a
+# smoothed copy of the LN and the residual keeps the original - exact, one extra LN a site
+def _statistics(ctx: PassContext) -> dict:
+    return statistic_points(find_sites(ctx.model, duplicate=True)[0])
+
+
+def _run(ctx: PassContext) -> dict:
+    return smooth(ctx.model, ctx.points, find_sites(ctx.model, duplicate=True)[0])
+
+
+PASS = Pass(
+    name="smoothing", phase="rewrite", order=60,
+    summary="SmoothQuant: per-channel scale moved from activations into the weights, folded into the LayerNorm",
+    where="LayerNorm → MatMul",
+    run=_run, statistics=_statistics,
+    describe=lambda s: (f"smoothing: {s['smoothed']}/{s['sites']} LayerNorm sites "
+                        f"({s['duplicated']} through a LayerNorm copy)"),
+    applies=lambda model: bool(find_sites(model, duplicate=True)[0]),
+    reference="Xiao et al. 2023, SmoothQuant")

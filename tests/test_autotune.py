@@ -21,13 +21,13 @@ from qcc.autotune.evaluate import TrialEvaluator
 from qcc.autotune.journal import Journal, read
 from qcc.autotune.objective import Goal
 from qcc.autotune.searchers import make_searcher
-from qcc.autotune.space import PASS_CONFIG, PASS_PARAMS
-from qcc.config import PASSES, QuantConfig
+from qcc.config import QuantConfig
+from qcc.passes import registry
 
 N_EVAL = 200
 # a small, fast space for the driver tests: expensive passes out, the base config decides them
 FAST = ["scheme=int8,int8-sym", "calibration=minmax,percentile-99.99,mse", "granularity=per-channel,per-tensor",
-        "int4=0,0.5", "float_layers=0,1", "power_of_two="] + [f"pass:{p}=" for p in PASSES if p != "bias-correction"]
+        "int4=0,0.5", "float_layers=0,1", "power_of_two="] + [f"pass:{p}=" for p in registry.names() if p != "bias-correction"]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_space_mapping(prepared):
     stats, space, points, X = prepared
     assert X.shape == (len(points), len(features.feature_names(space)))
     assert np.isfinite(X).all()
-    # every pass of qcc.config.PASSES that can change this CNN is a dimension (smoothing cannot)
+    # every registered pass that can change this CNN is a dimension (smoothing cannot)
     assert "pass:smoothing" not in space.dims and "pass:bias-correction" in space.dims
     assert space.to_config(space.base_point()).to_dict() == QuantConfig().to_dict()
     p = {**space.base_point(), "int4": 0.5, "float_layers": 2}
@@ -92,11 +92,11 @@ def test_space_mapping(prepared):
     int4 = {w for w, s in cfg.overrides.items() if s == "w4a8"}
     n4 = round(0.5 * len(stats.layers))
     assert len(int4) == n4 and not int4 & {stats.layers[i].weight for i in np.argsort(sens)[:2]}
-    # a pass parameter plugs in through PASS_PARAMS / PASS_CONFIG
+    # a pass parameter plugs in through its registry record's params / to_config
     assert {"weight_budget": 0.4} in space.dims.get("pass:mixed-precision", [{"weight_budget": 0.4}])
     if "pass:mixed-precision" in space.dims:
         assert space.to_config({**space.base_point(), "pass:mixed-precision": {"weight_budget": 0.4}}).weight_budget == 0.4
-    assert PASS_CONFIG.keys() <= PASS_PARAMS.keys()
+    assert all(p.params for p in registry.registry().values() if p.to_config is not None)
 
 
 def test_weight_sqnr_proxy_matches_numpy(prepared):

@@ -16,7 +16,7 @@ tvm_backend = pytest.importorskip("qcc.backends.tvm")
 from qcc import QccError  # noqa: E402
 from qcc.backends import onnxruntime as ort_backend  # noqa: E402
 from qcc.backends.tvm import fixedpoint, verify  # noqa: E402
-from qcc.backends.tvm.lower import Affine, Term, emit_requantize  # noqa: E402
+from qcc.backends.tvm.lowering import Affine, Term, emit_requantize  # noqa: E402
 
 RNG = np.random.default_rng(1234)
 

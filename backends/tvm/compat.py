@@ -1,11 +1,24 @@
-"""Everything that depends on the exact Apache TVM version lives here.
+"""The one place that knows which Apache TVM qcc's backend is written against, and what 0.27 renamed.
 
 qcc's TVM backend is written against apache-tvm 0.27 (with apache-tvm-ffi 0.1.14: 0.1.15 segfaults in
 ``tvm.ir.save_json``). 0.27 renamed a lot: ``tvm.tir`` -> ``tvm.tirx`` / ``tvm.s_tir``,
 ``relax.Constant`` -> ``tvm.ir.expr.GenericConst`` (``.value`` holds the tensor), ``struct_info`` ->
 ``.ty`` (``relax.TensorType``), and targets are JSON dicts (``{"kind": "llvm", "mcpu": "znver4"}``);
-an unknown ``mcpu`` only logs an error and silently compiles for a generic CPU. The rest of the
-backend only calls the helpers below.
+an unknown ``mcpu`` only logs an error and silently compiles for a generic CPU.
+
+What this module owns:
+
+* the version pin and its check, run on import: the package's ``__init__`` imports it first, so a
+  wrong or missing TVM fails with one clear line before any other module touches TVM;
+* the renamed names (``relax``, ``tirx``, ``s_tir``, ``te``, ``Constant``, ``TensorType``, ...) and
+  the IR accessors the lowering and the c target use;
+* target dicts, import (ONNX frontend), the default build, cross linking, export, load and run.
+
+Which modules import ``tvm`` themselves: those that drive one TVM subsystem in depth, where a
+wrapper per call would only rename it: ``schedules/`` (TensorIR schedules, tensor intrinsics),
+``tune.py`` (MetaSchedule), ``cuda.py`` (the CUDA pipeline, nvcc, the GPU runtime), ``fp8.py``
+and ``coverage.py`` (the ONNX frontend's converter table). Everything else (the lowering, the
+per-target builds, the runtimes) goes through the helpers below.
 """
 
 from __future__ import annotations
@@ -48,6 +61,8 @@ check_versions()
 
 import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
+from tvm import s_tir  # noqa: E402,F401  (0.27: schedules, meta_schedule; was tvm.tir.schedule)
+from tvm import te  # noqa: E402,F401
 from tvm import tirx  # noqa: E402  (0.27: TIR itself; was tvm.tir)
 from tvm.target import codegen as _codegen  # noqa: E402
 
@@ -183,8 +198,39 @@ def compile_module(mod, target: dict):
     return ex, time.perf_counter() - t0
 
 
-def export_library(ex, path: Path) -> None:
-    ex.export_library(str(path))
+def export_library(ex, path: Path, cross_compiler: str | None = None) -> None:
+    """Write the executable's shared library; `cross_compiler` (e.g. aarch64-linux-gnu-g++) links it
+    for another machine."""
+    if cross_compiler is None:
+        ex.export_library(str(path))
+        return
+    from tvm.support import cc
+
+    ex.export_library(str(path), fcompile=cc.cross_compiler(cross_compiler))
+
+
+def ffi_include_paths() -> list[str]:
+    """Header folders of apache-tvm-ffi (and its DLPack), for C++ built against libtvm_ffi."""
+    import tvm_ffi.libinfo
+
+    return sorted({tvm_ffi.libinfo.find_include_path(), tvm_ffi.libinfo.find_dlpack_include_path()})
+
+
+def cpu_generic_pipeline():
+    """TVM's generic CPU Relax pipeline module (its library dispatch / legalize pass lists)."""
+    from tvm.relax.backend.cpu_generic import pipeline
+
+    return pipeline
+
+
+def run_passes(passes: list, mod):
+    """Apply a list of module passes in order (tvm.transform.Sequential)."""
+    return tvm.transform.Sequential(passes)(mod)
+
+
+def build_tir(funcs: dict, target: dict):
+    """Build PrimFuncs ({GlobalVar: PrimFunc}) alone, without Relax (0.27: tvm.tirx.build)."""
+    return tvm.tirx.build(tvm.IRModule(funcs), target=make_target(target))
 
 
 def load_vm(path: Path):

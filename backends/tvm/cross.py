@@ -1,7 +1,7 @@
 """Cross builds for edge targets: aarch64 boards (ahead of time, runs with a bundled runner) and
 Hexagon DSPs (object code only).
 
-aarch64: the integer Relax module (lower.py) is reshaped for Arm's int8 dot product
+aarch64: the integer Relax module (lowering/) is reshaped for Arm's int8 dot product
 (dotprod_layout.py), compiled by LLVM for ``aarch64-linux-gnu`` and linked with Debian's
 ``aarch64-linux-gnu-g++``. The artifact folder is self-contained: ``model.so`` (the Relax VM
 executable), ``lib/`` (libtvm_runtime.so and libtvm_ffi.so taken from the aarch64 apache-tvm /
@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 import zipfile
@@ -28,8 +27,10 @@ from pathlib import Path
 import numpy as np
 from qcc.errors import QccError
 
-from . import compat, dotprod_layout
-from .pipeline import BATCH, IO_SPEC, LIBRARY, ArtifactIO, lower
+from . import compat, dotprod_layout, exactness
+from .artifact_io import (BATCH, IO_SPEC, LIBRARY, ArtifactIO, check_call, chunks, input_shapes_from,  # noqa: F401
+                          missing_tools, read_outputs, write_atomic, write_inputs, write_spec)
+from .pipeline import lower
 
 AARCH64_TRIPLE = "aarch64-linux-gnu"
 # mcpu -> LLVM features. dotprod gives sdot (4 x int8 products into an int32 lane).
@@ -94,10 +95,6 @@ def has_dotprod(target: dict) -> bool:
 # Tools and the aarch64 runtime
 # ---------------------------------------------------------------------------------------------
 
-def missing_tools(*tools: str) -> list[str]:
-    return [t for t in tools if shutil.which(t) is None]
-
-
 def _require(*tools: str) -> None:
     missing = missing_tools(*tools)
     if missing:
@@ -143,36 +140,15 @@ def copy_runtime(dest: Path) -> list[str]:
 def compile_runner(out: Path, runtime: Path) -> None:
     """Build runner_aarch64/qcc_run.cc for aarch64 against the tvm-ffi headers (same version as the
     bundled libtvm_ffi.so), finding its libraries in $ORIGIN/lib on the board."""
-    import tvm_ffi.libinfo
-
-    includes = {tvm_ffi.libinfo.find_include_path(), tvm_ffi.libinfo.find_dlpack_include_path()}
-    cmd = [CXX, "-O2", "-std=c++17", *(f"-I{i}" for i in sorted(includes)), str(_RUNNER_SOURCE), "-o", str(out),
-           f"-L{runtime}", "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi", f"-Wl,-rpath,$ORIGIN/{RUNTIME_DIR}"]
-    _check_call(cmd, "compiling the aarch64 runner")
-
-
-def _check_call(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise QccError(f"{what} failed ({cmd[0]} exit {proc.returncode}): {' | '.join(tail)}")
-    return proc
+    cmd = [CXX, "-O2", "-std=c++17", *(f"-I{i}" for i in compat.ffi_include_paths()), str(_RUNNER_SOURCE),
+           "-o", str(out), f"-L{runtime}", "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi",
+           f"-Wl,-rpath,$ORIGIN/{RUNTIME_DIR}"]
+    check_call(cmd, "compiling the aarch64 runner")
 
 
 # ---------------------------------------------------------------------------------------------
 # Builds
 # ---------------------------------------------------------------------------------------------
-
-def _write_atomic(out_dir: Path, name: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(name).stem}.", suffix=Path(name).suffix, dir=out_dir)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, out_dir / name)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
 
 def runner_io_text(spec: dict) -> str:
     """runner_io.txt: the compiled (static) input signature and the output dtypes for qcc_run."""
@@ -197,14 +173,12 @@ def build_aarch64(qdq_model, target: dict, out_dir: Path, input_shapes: dict | N
     t_lower = time.perf_counter() - t0
     ex, t_compile = compat.compile_module(mod, target)
     t1 = time.perf_counter()
-    from tvm.support import cc
-
-    _write_atomic(out_dir, LIBRARY, lambda p: ex.export_library(str(p), fcompile=cc.cross_compiler(CXX)))
+    write_atomic(out_dir, LIBRARY, lambda p: compat.export_library(ex, p, cross_compiler=CXX))
     runtime = copy_runtime(out_dir / RUNTIME_DIR)
     compile_runner(out_dir / RUNNER, out_dir / RUNTIME_DIR)
     t_export = time.perf_counter() - t1
     (out_dir / RUNNER_IO).write_text(runner_io_text(spec))
-    (out_dir / IO_SPEC).write_text(json.dumps({**spec, "target": target}, indent=2) + "\n")
+    write_spec(out_dir, {**spec, "target": target})
     return {
         "target": target,
         "mcpu": target.get("mcpu"),
@@ -235,8 +209,8 @@ def build_hexagon(qdq_model, target: dict, out_dir: Path, input_shapes: dict | N
     kernels = [m for m in ex.mod.imports if m.kind == "llvm"]
     if len(kernels) != 1:
         raise QccError(f"expected one LLVM kernel module for hexagon, got {[m.kind for m in ex.mod.imports]}")
-    _write_atomic(out_dir, HEXAGON_OBJECT, lambda p: kernels[0].write_to_file(str(p), "o"))
-    (out_dir / IO_SPEC).write_text(json.dumps({**spec, "target": target, "compile_only": True}, indent=2) + "\n")
+    write_atomic(out_dir, HEXAGON_OBJECT, lambda p: kernels[0].write_to_file(str(p), "o"))
+    write_spec(out_dir, {**spec, "target": target, "compile_only": True})
     return {
         "target": target,
         "mcpu": target["mcpu"],
@@ -266,7 +240,7 @@ MIX_KEYS = ("sdot", "udot", "usdot", "smmla", "smull", "smull2", "smlal", "smlal
 
 def instruction_mix(library: Path, objdump: str = "aarch64-linux-gnu-objdump") -> dict:
     """Counts of aarch64 mnemonics in the library's code (all mnemonics under "all")."""
-    proc = _check_call([objdump, "-d", "--no-show-raw-insn", str(library)], "disassembling")
+    proc = check_call([objdump, "-d", "--no-show-raw-insn", str(library)], "disassembling")
     counts: dict[str, int] = {}
     for line in proc.stdout.splitlines():
         parts = line.split("\t")
@@ -275,30 +249,6 @@ def instruction_mix(library: Path, objdump: str = "aarch64-linux-gnu-objdump") -
             if mnem:
                 counts[mnem] = counts.get(mnem, 0) + 1
     return {"total": sum(counts.values()), **{k: counts.get(k, 0) for k in MIX_KEYS}}
-
-
-def chunks(spec: dict, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], int, int]:
-    """Inputs as arrays of n_batches x batch (the last one padded by repeating its last row),
-    in spec order. Returns (arrays, number of samples, number of batches)."""
-    arrays, n = [], None
-    for inp in spec["inputs"]:
-        if inp["name"] not in feeds:
-            raise QccError(f"missing input {inp['name']!r} (expected {[i['name'] for i in spec['inputs']]})")
-        x = np.asarray(feeds[inp["name"]]).astype(inp["dtype"], copy=False)
-        want = inp["shape"]
-        if x.ndim != len(want) or list(x.shape[1:]) != list(want[1:]):
-            raise QccError(f"input {inp['name']!r} has shape {list(x.shape)}, this build expects {want}")
-        if n is not None and x.shape[0] != n:
-            raise QccError("inputs disagree on the number of samples (axis 0)")
-        n = x.shape[0]
-        arrays.append(x)
-    b = spec["inputs"][0]["shape"][0]
-    n_batches = max(1, -(-n // b))
-    padded = []
-    for x in arrays:
-        extra = n_batches * b - n
-        padded.append(np.ascontiguousarray(np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x))
-    return padded, n, n_batches
 
 
 class QemuRunner(ArtifactIO):
@@ -322,72 +272,57 @@ class QemuRunner(ArtifactIO):
             in_dir, out_dir = Path(tmp) / "in", Path(tmp) / "out"
             in_dir.mkdir()
             out_dir.mkdir()
-            for i, x in enumerate(arrays):
-                x.tofile(in_dir / f"input{i}.bin")
-            proc = _check_call(self.command(in_dir, out_dir, n_batches, iterations), "running under qemu-aarch64")
+            write_inputs(in_dir, arrays)
+            proc = check_call(self.command(in_dir, out_dir, n_batches, iterations), "running under qemu-aarch64")
             self.last_stdout = proc.stdout
             return read_outputs(out_dir, n, n_batches)
 
 
-def read_outputs(out_dir: Path, n: int, n_batches: int) -> list[np.ndarray]:
-    """Outputs written by qcc_run / the C tree's runner: outputs.txt + output<i>.bin."""
-    outs = []
-    for i, line in enumerate((out_dir / "outputs.txt").read_text().split("\n")):
-        if not line.strip():
-            continue
-        dtype, ndim, *dims = line.split()
-        shape = [int(d) for d in dims[:int(ndim)]]
-        data = np.fromfile(out_dir / f"output{i}.bin", dtype=dtype)
-        batch = shape[0] if shape else 1
-        arr = data.reshape([n_batches * batch] + shape[1:]) if shape else data.reshape(n_batches)
-        outs.append(arr[:n] if shape else arr)
-    return outs
-
-
 # ---------------------------------------------------------------------------------------------
-# The edge targets as the compiler names them
+# The aarch64 and hexagon targets as the compiler drives them (their records: qcc/targets.py)
 # ---------------------------------------------------------------------------------------------
 
-EDGE_TARGETS = ("aarch64", "c", "hexagon")
+def configure_aarch64(options) -> dict:
+    """`qcc compile --target aarch64 [--mcpu] [--mattr]` -> the TVM target dict."""
+    return aarch64_target(options.mcpu, options.mattr)
+
+
+def configure_hexagon(options) -> dict:
+    """`qcc compile --target hexagon [--mcpu]` -> the TVM target dict."""
+    if options.mattr is not None:
+        raise QccError("--mattr applies to --target aarch64, not 'hexagon'")
+    return hexagon_target(options.mcpu)
+
+
+def build_aarch64_artifact(job) -> dict:
+    """Cross build into the artifact folder, then (qemu-aarch64 installed) run it on a few samples
+    against onnxruntime on the same QDQ graph."""
+    info = build_aarch64(job.qdq_model, job.target, job.folder, input_shapes=input_shapes_from(job.calib))
+    _log_build(job, info)
+    return exactness.check_with_runner(job, info, QemuRunner)
+
+
+def build_hexagon_artifact(job) -> dict:
+    """Object code only: nothing runs it, so nothing is checked."""
+    info = build_hexagon(job.qdq_model, job.target, job.folder, input_shapes=input_shapes_from(job.calib))
+    _log_build(job, info)
+    info["exactness"] = {}
+    return info
+
+
+def _log_build(job, info: dict) -> None:
+    job.log(f"{job.name} build: {info['build_s']:.1f} s, integer ops {info['integer_ops']}, "
+            f"{len(info['float_fallback'])} float fallbacks")
+
+
+def open_runner(folder: Path, threads: int | None = None) -> QemuRunner:
+    """The aarch64 target's runner (qemu-aarch64 runs the artifact's own qcc_run; `threads` does not apply)."""
+    return QemuRunner(folder)
 
 
 def edge_target(name: str, mcpu: str | None = None, mattr: list[str] | None = None) -> dict:
-    """The TVM target dict for `qcc compile --target aarch64|c|hexagon [--mcpu] [--mattr]`."""
-    if name == "aarch64":
-        return aarch64_target(mcpu, mattr)
-    if mattr is not None:
-        raise QccError(f"--mattr applies to --target aarch64, not {name!r}")
-    if name == "hexagon":
-        return hexagon_target(mcpu)
-    if name == "c":
-        if mcpu is not None:
-            raise QccError("--target c emits portable C99: --mcpu does not apply (pass CFLAGS to make instead)")
-        return {"kind": "c"}
-    raise QccError(f"unknown edge target {name!r} (expected one of {', '.join(EDGE_TARGETS)})")
+    """The TVM target dict for `qcc compile --target aarch64|c|hexagon [--mcpu] [--mattr]` (what the
+    target registry's `configure` of that target returns)."""
+    from qcc import targets
 
-
-def build_edge(name: str, qdq_model, target: dict, out_dir: Path, input_shapes: dict | None = None) -> dict:
-    if name == "aarch64":
-        return build_aarch64(qdq_model, target, out_dir, input_shapes)
-    if name == "hexagon":
-        return build_hexagon(qdq_model, target, out_dir, input_shapes)
-    from .c_source import build_c
-
-    return build_c(qdq_model, out_dir, input_shapes)
-
-
-def runner_for(folder: Path):
-    """The runner of a cross-built artifact (aarch64: qemu; c: host gcc), or None for a native build."""
-    spec_path = Path(folder) / IO_SPEC
-    if not spec_path.is_file():
-        return None
-    target = json.loads(spec_path.read_text()).get("target") or {}
-    if str(target.get("mtriple", "")).startswith("aarch64"):
-        return QemuRunner(folder)
-    if target.get("kind") == "c":
-        from .c_source import CRunner
-
-        return CRunner(folder)
-    if target.get("mtriple") == "hexagon":
-        raise QccError("a hexagon artifact is compile-only (object code, no runtime or simulator here)")
-    return None
+    return targets.get(name).configure_target(targets.Options(mcpu=mcpu, mattr=mattr))

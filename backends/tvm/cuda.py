@@ -55,6 +55,14 @@ def check_schemes(arch: str, schemes) -> None:
                        f"{arch} has none: use an int8 scheme on {arch}")
 
 
+def configure(options) -> dict:
+    """`qcc compile --target cuda --arch sm_XX` -> the TVM target dict, refusing FP8 schemes below sm_89
+    (the target registry's `configure`: qcc/targets.py)."""
+    target = make_target(options.arch)
+    check_schemes(options.arch, options.schemes)   # FP8 needs sm_89+
+    return target
+
+
 def validate_target(target: dict) -> dict:
     if not isinstance(target, dict) or target.get("kind") != "cuda":
         raise QccError(f"expected a CUDA target dict like {{'kind': 'cuda', 'arch': 'sm_89'}}, got {target!r}")

@@ -41,10 +41,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 from qcc.errors import QccError
-from tvm import te
 
 from . import compat
-from .compat import relax, tirx
+from .compat import relax, te, tirx
 
 
 @dataclass(frozen=True)
@@ -141,11 +140,6 @@ def encode_te(x: te.Tensor, fmt: Fp8Format) -> te.Tensor:
 def decode_te(c: te.Tensor, fmt: Fp8Format) -> te.Tensor:
     return te.compute(c.shape, lambda *i: decode_expr(c(*i), fmt), name=f"qcc_fp8_{fmt.name[7:]}_decode",
                       tag="elemwise")
-
-
-def reinterpret_te(c: te.Tensor, fmt: Fp8Format) -> te.Tensor:
-    """uint8 bits -> a tensor of TVM's FP8 dtype (for FP8 compute on a GPU; no value conversion)."""
-    return te.compute(c.shape, lambda *i: tirx.reinterpret(fmt.name, c(*i)), name="qcc_fp8_bits", tag="elemwise")
 
 
 def encode(bb: relax.BlockBuilder, x, fmt: Fp8Format):
@@ -310,7 +304,7 @@ def _bits_te(c: te.Tensor, fmt: Fp8Format) -> te.Tensor:
 
 def operands_to_fp8(mod, operand: str = "fp8"):
     """Rewrite main's conv2d / matmul on FP8-dequantized operands (see above). Returns (module, count)."""
-    from .lower import Lowering
+    from .lowering import Lowering
 
     low = Lowering(mod)
     plans = {}

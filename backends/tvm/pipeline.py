@@ -1,4 +1,7 @@
-"""QDQ ONNX -> Relax (TVM's ONNX frontend) -> integer Relax (lower.py) -> model.so, and its runner."""
+"""QDQ ONNX -> Relax (TVM's ONNX frontend) -> integer Relax (lowering/) -> model.so.
+
+The lowering every target shares (`import_relax`, `lower`) and the native build for this host's CPU
+or a CUDA GPU (`build`); runtime.py runs what it builds."""
 
 from __future__ import annotations
 
@@ -8,19 +11,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 from qcc.errors import QccError
-from qcc.threads import default_threads
-from tvm import relax
 
 from . import compat, cuda, fp8, onnx_prep, schedules
-from .lower import lower_to_integer
+from .artifact_io import BATCH, IO_SPEC, LIBRARY, input_shapes_from, write_spec  # noqa: F401  (re-exported)
+from .compat import relax
+from .lowering import lower_to_integer
 from .target import validate_target
-
-LIBRARY = "model.so"
-IO_SPEC = "tvm_io.json"
-BATCH = "batch"
 
 _ONNX_DTYPE = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32",
                onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.BOOL: "bool",
@@ -64,12 +62,6 @@ def io_spec(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict:
     outputs = [{"name": o.name, "dtype": _ONNX_DTYPE.get(o.type.tensor_type.elem_type, "float32")}
                for o in model.graph.output]
     return {"inputs": inputs, "outputs": outputs}
-
-
-def input_shapes_from(feeds: dict[str, np.ndarray]) -> dict[str, list]:
-    """input_shapes for build() from sample data (e.g. the calibration set): the per-sample shape
-    with a dynamic batch dim."""
-    return {k: [BATCH] + list(np.shape(v)[1:]) for k, v in feeds.items()}
 
 
 def _extra_symbolic_vars(mod) -> list[str]:
@@ -223,80 +215,5 @@ def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes:
         info["tune"] = tuned
     if not on_gpu and schedules.LAST_INFO:
         info["cpu_schedule"] = dict(schedules.LAST_INFO)
-    (out_dir / IO_SPEC).write_text(json.dumps({**spec, "target": target}, indent=2) + "\n")
+    write_spec(out_dir, {**spec, "target": target})
     return info
-
-
-class ArtifactIO:
-    """Input / output names of a built artifact, from its tvm_io.json (`self.spec`): shared by the
-    runners of every target (this module's Runner, cross.QemuRunner, c_source.CRunner)."""
-
-    spec: dict
-
-    @property
-    def input_names(self) -> list[str]:
-        return [i["name"] for i in self.spec["inputs"]]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [o["name"] for o in self.spec["outputs"]]
-
-
-class Runner(ArtifactIO):
-    """Runs out_dir/model.so with TVM's Relax VM on the CPU."""
-
-    def __new__(cls, out_dir, threads: int | None = None):
-        # cross builds run elsewhere: aarch64 under qemu, the c target's tree with the host compiler
-        from .cross import runner_for
-
-        other = runner_for(Path(out_dir))
-        return other if other is not None else super().__new__(cls)
-
-    def __init__(self, out_dir, threads: int | None = None):
-        """threads: TVM worker threads (process-wide); default: the CPUs this process may use."""
-        self.folder = Path(out_dir)
-        io_path, lib = self.folder / IO_SPEC, self.folder / LIBRARY
-        if not lib.is_file() or not io_path.is_file():
-            raise QccError(f"{self.folder} has no TVM build ({LIBRARY} and {IO_SPEC} expected)")
-        self.spec = json.loads(io_path.read_text())
-        self._gpu = self.spec.get("target", {}).get("kind") == "cuda"
-        self.vm = cuda.load_vm(lib) if self._gpu else compat.load_vm(lib)
-        self._main = self.vm["main"]
-        self.threads = None if self._gpu else compat.set_threads(threads or default_threads())
-
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if self.spec.get("static_batch"):
-            return self._run_chunked(feeds)
-        return self._run(feeds)
-
-    def _run_chunked(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """A static-batch build fed a different batch size: run it in chunks along axis 0."""
-        b = self.spec["inputs"][0]["shape"][0]
-        arrays = {k: np.asarray(v) for k, v in feeds.items()}
-        n = {a.shape[0] for a in arrays.values() if a.ndim}
-        if len(n) != 1 or n == {b}:
-            return self._run(feeds)
-        (n,) = n
-        parts = []
-        for start in range(0, n, b):
-            chunk = {k: v[start:start + b] for k, v in arrays.items()}
-            got = next(iter(chunk.values())).shape[0]
-            if got < b:     # pad the last chunk by repeating its last row
-                chunk = {k: np.concatenate([v, np.repeat(v[-1:], b - got, axis=0)]) for k, v in chunk.items()}
-            parts.append([o[:got] for o in self._run(chunk)])
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
-
-    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        args = []
-        for inp in self.spec["inputs"]:
-            if inp["name"] not in feeds:
-                raise QccError(f"missing input {inp['name']!r} (expected {self.input_names})")
-            x = np.asarray(feeds[inp["name"]])
-            if x.dtype != np.dtype(inp["dtype"]):
-                x = x.astype(inp["dtype"])
-            want = inp["shape"]
-            if len(x.shape) != len(want) or any(w != BATCH and w != d for w, d in zip(want, x.shape)):
-                raise QccError(f"input {inp['name']!r} has shape {list(x.shape)}, this build expects {want}")
-            args.append(cuda.to_device(x) if self._gpu else compat.to_device(x))
-        return compat.outputs_to_numpy(self._main(*args))
-

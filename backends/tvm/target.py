@@ -101,3 +101,9 @@ def validate_target(target: dict) -> dict:
     if mcpu is not None and not compat.is_valid_cpu(mcpu, target.get("mtriple") or compat.system_triple()):
         raise QccError(f"LLVM does not know mcpu={mcpu!r}: TVM would silently compile for a generic CPU")
     return dict(target)
+
+
+def configure(options) -> dict:
+    """`qcc compile --target llvm|x86-64 [--mcpu]` -> the TVM target dict (the target registry's
+    `configure`: qcc/targets.py)."""
+    return detect_target(kind="llvm", mcpu=options.mcpu)

@@ -1,0 +1,149 @@
+"""The rule registry of the integer lowering: one decorator, one table, one lookup.
+
+A rule says how one kind of Relax op (as TVM's ONNX frontend imports it) runs on integers. It is a
+class with
+
+    docstring   the math: why the integer computation equals the float one
+    pattern     the Relax op names it matches ("relax.nn.conv2d", "call_tir:maximum", ...)
+    role        where it plugs into the plan (below): VIEW, CLAMP, AFFINE or SITE
+    onnx        the ONNX op types TVM's frontend imports as `pattern` (for the operator table)
+    lowers_to   what it becomes in integer Relax              (operator table)
+    conditions  when it applies; otherwise the op stays float  (operator table)
+    check(low, call, var) -> None | str
+                None when the rule applies to `call` (bound to `var`), else a short human reason:
+                it becomes the float fallback's reason in the build info
+    rewrite(low, call, var, ...)
+                the integer plan; its arguments and result depend on the role
+
+and is registered with ``@rule`` in its rule module (rules/*.py): adding an operator touches only
+that module and its tests. docs/operator_coverage.md is generated from this registry (coverage.py).
+
+Roles (``low`` is the analysis.Lowering of the module being lowered):
+
+    VIEW    op(DQ(x)) == DQ(op'(x)) exactly: data movement and max. rewrite(low, call, var, inner)
+            -> ir.View, with `inner` the view of call.args[0].
+    CLAMP   an activation folded into the requantization clamp of the quantize site it feeds.
+            rewrite(low, call, var, site) narrows site.lo / site.hi and returns the op's input.
+    AFFINE  the op's result is an integer affine sum (ir.Affine). rewrite(low, call, var, rank)
+            -> ir.Affine; `float_sink = True`: a layer of this op whose output is consumed in float
+            still accumulates in integers (float(acc + k) * m).
+    SITE    planned at the quantize site itself. rewrite(low, call, var, site, absorbed) -> ir.Plan.
+
+``rewrite`` may still raise NoMatch for what only the computation finds out (a constant that does
+not broadcast, a multiplier out of range).
+"""
+
+from __future__ import annotations
+
+VIEW, CLAMP, AFFINE, SITE = "view", "clamp", "affine", "site"
+ROLES = (VIEW, CLAMP, AFFINE, SITE)
+# the "(kind)" the operator table shows for each role
+ROLE_KIND = {VIEW: "view", CLAMP: "activation", AFFINE: "arithmetic", SITE: "arithmetic"}
+
+
+class NoMatch(Exception):
+    """A rule does not apply; the message says why (it ends up in the float-fallback report).
+    `unquantized`: the reason is that an operand is not a quantized tensor (see Unquantized)."""
+
+    def __init__(self, reason: str):
+        super().__init__(str(reason))
+        self.unquantized = isinstance(reason, Unquantized)
+
+
+class Unquantized(str):
+    """A check's reason meaning "an operand is not read through dequantize": a float layer in a
+    partly quantized model. A layer consumed in float reports it as "operands are not quantized"."""
+
+
+def unquantized(what: str) -> Unquantized:
+    """The reason for an activation input that is not read through dequantize."""
+    return Unquantized(f"{what}: input is not a quantized tensor")
+
+
+class Rule:
+    """Base of all rules (see the module docstring). Subclass a role's base, not this."""
+
+    role: str = ""
+    pattern: tuple[str, ...] = ()
+    onnx: tuple[str, ...] = ()
+    lowers_to: str = ""
+    conditions: str = ""
+    float_sink: bool = False
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def check(self, low, call, var) -> str | None:
+        raise NotImplementedError
+
+    def rewrite(self, low, call, var, *args):
+        raise NotImplementedError
+
+    def apply(self, low, call, var, *args):
+        """check, then rewrite; a failed check raises NoMatch(its reason)."""
+        why = self.check(low, call, var)
+        if why is not None:
+            raise NoMatch(why)
+        return self.rewrite(low, call, var, *args)
+
+    def __repr__(self) -> str:
+        return f"<rule {self.name} ({self.role}): {', '.join(self.pattern)}>"
+
+
+class ViewRule(Rule):
+    role = VIEW
+
+
+class ClampRule(Rule):
+    role = CLAMP
+
+
+class AffineRule(Rule):
+    role = AFFINE
+
+
+class SiteRule(Rule):
+    role = SITE
+
+
+_RULES: list[Rule] = []
+_BY_OP: dict[str, Rule] = {}
+
+
+def rule(cls: type) -> type:
+    """Class decorator: validate and register a rule (one instance; rules hold no state)."""
+    if not (isinstance(cls, type) and issubclass(cls, Rule)) or cls.role not in ROLES:
+        raise TypeError(f"{cls!r}: a rule subclasses ViewRule, ClampRule, AffineRule or SiteRule")
+    missing = [a for a in ("pattern", "onnx", "lowers_to", "conditions") if not getattr(cls, a)]
+    if not (cls.__dict__.get("__doc__") or "").strip():
+        missing.append("docstring")
+    if cls.check is Rule.check or cls.rewrite is Rule.rewrite:
+        missing.append("check / rewrite")
+    if missing:
+        raise TypeError(f"rule {cls.__name__} lacks {', '.join(missing)}")
+    taken = [op for op in cls.pattern if op in _BY_OP]
+    if taken:
+        raise ValueError(f"rule {cls.__name__}: {taken} already matched by {_BY_OP[taken[0]].name}")
+    inst = cls()
+    _RULES.append(inst)
+    for op in cls.pattern:
+        _BY_OP[op] = inst
+    return cls
+
+
+def rule_for(op: str | None, role: str | None = None) -> Rule | None:
+    """The rule matching a Relax op name (of that role, if given), else None."""
+    r = _BY_OP.get(op) if op is not None else None
+    return r if r is not None and (role is None or r.role == role) else None
+
+
+def rules(role: str | None = None) -> list[Rule]:
+    """The registered rules in registration order (of one role, if given)."""
+    return [r for r in _RULES if role is None or r.role == role]
+
+
+def ops(role: str | None = None, float_sink: bool | None = None) -> frozenset[str]:
+    """The Relax op names the rules of a role (and float-sink capability) match."""
+    return frozenset(op for r in rules(role) if float_sink is None or r.float_sink == float_sink
+                     for op in r.pattern)

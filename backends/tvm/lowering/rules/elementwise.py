@@ -1,0 +1,99 @@
+"""Elementwise arithmetic on affine sums.
+
+Two quantized inputs (a residual Add):
+
+    s_a * (a - z_a) + s_b * (b - z_b)         two terms; requantized with one int64 shift
+
+A constant c added to an affine sum v = sum_i m_i * (t_i + k_i) + offset:
+
+    v + c = sum_i m_i * (t_i + k_i) + (offset + c)
+
+and when c is an int32 bias dequantize(b_q, m_1) on the single term's multiplier (the bias of a
+MatMul, or paddle's Add(conv, c)), exactly m_1 * (t_1 + k_1 + b_q): an int32 bias add.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ... import compat
+from ..ir import Affine, Term, qparam_broadcast, rank_array, view_term
+from ..registry import AffineRule, rule
+
+
+@rule
+class Add(AffineRule):
+    """a + b = s_a * (a_q - z_a) + s_b * (b_q - z_b) for two views (two terms, an int64 fixed-point
+    sum with a shared shift at the quantize site); v + c for a constant c: the int32 bias
+    m * (t + k + b_q) when c = dequantize(b_q, m), else a real offset (fixed point at the site)."""
+    pattern = ("relax.add",)
+    onnx = ("Add",)
+    lowers_to = ("one int64 fixed-point sum with a shared shift (two quantized inputs); an int32 bias or "
+                 "fixed-point offset (a constant addend: bias of MatMul, paddle's Add(conv, c))")
+    conditions = "both inputs quantized per tensor, or one constant and the other an integer affine sum"
+
+    def check(self, low, call, var):
+        a, b = call.args
+        ca, cb = low.cval(a), low.cval(b)
+        if ca is not None and cb is not None:
+            return "constant expression"
+        if ca is not None or cb is not None:
+            return None       # the other operand's own rule decides (rewrite raises its NoMatch)
+        if low.view(a) is None or low.view(b) is None:
+            return "Add of a non-quantized operand"
+        return None
+
+    def rewrite(self, low, call, var, rank) -> Affine:
+        a, b = call.args
+        ca = low.cval(a)
+        if ca is not None or low.cval(b) is not None:
+            c_expr, other = (a, b) if ca is not None else (b, a)
+            inner = low.affine(other, top=False)
+            return add_constant(low, inner, c_expr, rank, var)
+        terms = [view_term(v, "add") for v in (low.view(a), low.view(b))]
+        return Affine(terms, None, rank, [var])
+
+
+def add_constant(low, inner: Affine, c_expr, rank: int, expr) -> Affine:
+    """inner + c: an int32 bias on the single term where c = dequantize(b_q, m), else a real offset."""
+    c = low.cval(c_expr)
+    c_r = rank_array(c.astype(np.float64), rank)
+    # an int32 bias read through dequantize(b_q, s_x * s_w): exact integer add to the accumulator
+    bias = int_bias(low, c_expr)
+    if bias is not None and len(inner.terms) == 1 and inner.terms[0].kind != "view":
+        bq, bs = bias
+        t = inner.terms[0]
+        bq_r, bs_r = rank_array(bq, rank), rank_array(bs, rank)
+        try:
+            m_b, bs_b = np.broadcast_arrays(rank_array(t.m, rank), bs_r)
+        except ValueError:
+            m_b = bs_b = None
+        if m_b is not None and np.allclose(bs_b, m_b, rtol=1e-6, atol=0):
+            k = np.broadcast_arrays(rank_array(t.k, rank), bq_r)
+            new_t = Term(t.emit, t.m, k[0] + k[1], t.sources, t.kind)
+            return Affine([new_t], inner.offset, rank, inner.absorbed + [expr])
+    off = c_r if inner.offset is None else rank_array(inner.offset, rank) + c_r
+    return Affine(inner.terms, off, rank, inner.absorbed + [expr])
+
+
+def int_bias(low, expr):
+    """(b_q, scale) if expr is [reshape of] dequantize(int32 constant, scale, 0)."""
+    val = low.value(expr)
+    shape = None
+    if compat.op_name(val) == "relax.reshape":
+        shape = getattr(val.args[1], "values", None)
+        if shape is None:
+            return None
+        shape = [int(s) for s in shape]
+        val = low.value(val.args[0])
+    if compat.op_name(val) != "relax.dequantize":
+        return None
+    q, s, z = low.cval(val.args[0]), low.cval(val.args[1]), low.cval(val.args[2])
+    if q is None or s is None or z is None or q.dtype != np.int32 or np.any(z != 0):
+        return None
+    s, _ = qparam_broadcast(s, z, int(val.attrs.axis), q.ndim)
+    s = np.broadcast_to(s, q.shape).astype(np.float64)
+    q = q.astype(np.int64)
+    if shape is not None:
+        q, s = q.reshape(shape), s.reshape(shape)
+    return q, s
