@@ -1,8 +1,7 @@
 """One tuning trial: QuantConfig -> metrics (loss, fidelity, size, latency), with the costly parts cached.
 
-A trial runs the same stages as `qcc.pipeline.compile_model` (load -> canonicalize -> rewrite ->
-calibrate -> quantize -> bias correction -> fidelity), but keeps what does not depend on the
-clipping / type choices across trials:
+A trial runs the stages of `qcc compile` (qcc.stages: load -> rewrite -> calibrate -> quantize, then
+fidelity), but keeps what does not depend on the clipping / type choices across trials:
 
     canonical float graph      per minimum opset (FP8 / int4 schemes need a newer opset)
     rewritten float graph      per (opset, passes): the passes rewrite the float graph
@@ -38,14 +37,13 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
-from qcc import pipeline, targets
+from qcc import pipeline, stages, targets
+from qcc import quantize as quantizing
 from qcc.backends import onnxruntime as ort_backend
 from qcc.calibrate import calibrate
-from qcc.canonicalize import canonicalize
 from qcc.config import QuantConfig
-from qcc.data import input_specs, validate_feeds
+from qcc.data import validate_feeds
 from qcc.errors import QccError
-from qcc.loader import load_model
 from qcc.metrics import fidelity
 from qcc.plan import build_plan
 from qcc.statistics import TensorStats
@@ -73,9 +71,9 @@ class TrialEvaluator:
         self.model = str(model)
         self.target, self.latency, self.mcpu = target, latency, mcpu
         self.calib_batch_size = calib_batch_size
-        self._canon: dict[int, onnx.ModelProto] = {}
-        base = self._canonical(13)
-        specs = input_specs(ir.serde.deserialize_model(base))
+        loaded = self._loaded(QuantConfig())          # the canonical float graph: inputs, outputs, size
+        base = self._base = loaded.float_proto
+        specs = loaded.specs
         self.calib = validate_feeds(specs, calib, "calibration")
         self.eval_data = validate_feeds(specs, eval_data, "evaluation") if eval_data is not None else None
         data = self.eval_data if self.eval_data is not None else self.calib
@@ -91,25 +89,25 @@ class TrialEvaluator:
         self.loss = self._resolve_loss(loss)
 
     # ---- caches --------------------------------------------------------------------------------
-    def _canonical(self, min_opset: int) -> onnx.ModelProto:
-        if min_opset not in self._canon:
-            model, _ = canonicalize(load_model(self.model), min_opset=min_opset)
-            self._canon[min_opset] = ir.to_proto(model)
-        return self._canon[min_opset]
+    def _loaded(self, config: QuantConfig) -> stages.CompileState:
+        """The load stage's state for config (a fresh graph each call: rewrites change it in place)."""
+        state = stages.CompileState(self.model, config, getattr(self, "calib", None), progress=False)
+        stages.load(state)
+        return state
 
     def float_graph(self, config: QuantConfig) -> tuple[ir.Model, onnx.ModelProto, str]:
         """The canonicalized, rewritten float graph for config (the in-memory model, which carries
         canonicalization metadata such as folded BatchNorms, its proto, and the proto's hash).
         Callers must not modify the model."""
-        opset = pipeline._min_opset(config)
         fields = {k: v for k, v in config.to_dict().items() if k not in REWRITE_FREE}
-        key = json.dumps([opset, fields], sort_keys=True, default=str)
+        key = json.dumps([stages.min_opset(config), fields], sort_keys=True, default=str)
         if key not in self._rewritten:
-            model, _ = canonicalize(load_model(self.model), min_opset=opset)
-            proto = pipeline.rewrite(model, ir.to_proto(model), config, self.calib, Trace())
+            state = self._loaded(config)
+            stages.rewrite(state)
+            proto = state.float_proto
             if len(self._rewritten) >= REWRITE_CACHE:
                 self._rewritten.pop(next(iter(self._rewritten)))
-            self._rewritten[key] = (model, proto, hashlib.sha256(proto.SerializeToString()).hexdigest())
+            self._rewritten[key] = (state.float_model, proto, hashlib.sha256(proto.SerializeToString()).hexdigest())
         return self._rewritten[key]
 
     def statistics(self, float_proto: onnx.ModelProto, digest: str, tensors: set[str]) -> dict[str, TensorStats]:
@@ -143,7 +141,7 @@ class TrialEvaluator:
         config = self.with_batch(config)
         float_model, float_proto, digest = self.float_graph(config)
         stats = self.statistics(float_proto, digest, build_plan(float_model, config).roots())
-        _, model, _, _ = pipeline.quantize_with_passes(float_model, float_proto, config, stats, self.calib, Trace())
+        _, model, _, _ = quantizing.with_passes(float_model, float_proto, config, stats, self.calib, Trace())
         qdq = ir.to_proto(model)
         onnx.checker.check_model(qdq)  # as compile does: an invalid graph is a failed trial
         return float_proto, qdq, digest
@@ -197,7 +195,7 @@ class TrialEvaluator:
 
     def _classifier_output(self) -> str | None:
         data = self.eval_data if self.eval_data is not None else self.calib
-        session = ort_backend.make_session(self._canonical(13))
+        session = ort_backend.make_session(self._base)
         outs = session.run(self.output_names, {k: v[:2] for k, v in data.items()})
         for name, out in zip(self.output_names, outs):
             if np.issubdtype(out.dtype, np.floating) and out.ndim == 2 and out.shape[1] > 1:

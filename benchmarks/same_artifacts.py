@@ -2,6 +2,8 @@
 
     python benchmarks/same_artifacts.py --save base.json          # on the old commit
     python benchmarks/same_artifacts.py --compare base.json       # on the new one: exit 1 on any change
+    python benchmarks/same_artifacts.py --only mobilenetv2:onnx:equalization,smoothing,bias-correction
+                                                                  # one case (alternate old / new for timing)
 
 For the bundled Fashion-MNIST CNN, MobileNetV2 and all-MiniLM-L6 (zoo), each for --target onnx and
 llvm with the default passes, plus MobileNetV2 with `equalization,smoothing,bias-correction`
@@ -61,16 +63,22 @@ def fingerprint(name: str, target: str, passes: str | None, work: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    group = ap.add_mutually_exclusive_group(required=True)
+    group = ap.add_mutually_exclusive_group()
     group.add_argument("--save", type=Path)
     group.add_argument("--compare", type=Path)
+    ap.add_argument("--only", help="one case, MODEL:TARGET:PASSES (e.g. mobilenetv2:onnx:equalization,"
+                                   "smoothing,bias-correction; PASSES 'default'): side-by-side compile timing")
     args = ap.parse_args()
+    cases = CASES
+    if args.only:
+        name, target, passes = args.only.split(":")
+        cases = [(name, target, None if passes == "default" else passes)]
     base = {}
     if args.compare:
         base = {(r["model"], r["target"], r["passes"]): r for r in map(json.loads, args.compare.read_text().splitlines())}
     rows, changed = [], 0
     with tempfile.TemporaryDirectory() as tmp:
-        for name, target, passes in CASES:
+        for name, target, passes in cases:
             row = fingerprint(name, target, passes, Path(tmp))
             old = base.get((row["model"], row["target"], row["passes"]))
             if old is not None:

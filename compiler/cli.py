@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import QccError
+from .passes.registry import help_text as passes_help
 
 DEFAULT_MODEL = "fashion-cnn"
 
@@ -90,9 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration", default="mse", choices=CALIBRATIONS)
     c.add_argument("--percentile", type=float, default=99.999)
     c.add_argument("--passes", default="bias-correction",
-                   help="comma-separated graph passes: bias-correction, equalization, smoothing, "
-                        "affinequant, repquant, repquant-softmax, crossquant, bias-correction-analytic, noisyquant, "
-                        "adaround, mixed-precision (or none); default: bias-correction")
+                   help="comma-separated graph passes, or none; default: bias-correction (docs/passes.md). "
+                        + passes_help())
     c.add_argument("--weight-budget", type=float, default=0.6,
                    help="mixed-precision pass: weight bytes as a fraction of int8 weight bytes (default 0.6)")
     c.add_argument("--power-of-two", action="store_true", help="round scales up to powers of two")

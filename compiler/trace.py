@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from typing import Any, Callable
 
 
@@ -32,6 +33,16 @@ class Trace:
         self.timings: dict[str, float] = {}
         self.passes: list[dict] = []
         self.log = log or (lambda msg: None)
+
+    @contextmanager
+    def timed(self, key: str | None):
+        """Record the seconds the block takes as timings[key] (key None: not recorded)."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            if key is not None:
+                self.timings[key] = time.perf_counter() - t
 
     def pass_done(self, name: str, started: float, summary: dict, line: str) -> None:
         """Record pass `name` (begun at perf_counter() == started) with its summary, and log `line`."""

@@ -174,7 +174,8 @@ def chosen(config, phase: str) -> list[Pass]:
 
 
 def help_text() -> str:
-    return "; ".join(f"{p.name} ({p.summary})" for p in registry().values())
+    """The --passes help: every pass with its one-line summary, in canonical order."""
+    return "; ".join(f"{p.name} ({p.summary})" for p in sorted(registry().values(), key=lambda p: p.order))
 
 
 def run_phase(phase: str, ctx: PassContext, trace) -> None:

@@ -64,7 +64,7 @@ def test_analytic_shift_matches_numpy():
 def test_pipeline_option_agrees_with_empirical(fashion_paths, fashion_calib):
     """On the Fashion-MNIST CNN (BN-folded convs), the analytic shifts point the same way as the
     measured ones for the layers it covers, and the option changes exactly those biases."""
-    from qcc import pipeline
+    from qcc import quantize as quantizing
     from qcc.calibrate import calibrate
     from qcc.loader import load_model
     from qcc.passes.bias_correction import bias_site, measure_shift
@@ -76,7 +76,7 @@ def test_pipeline_option_agrees_with_empirical(fashion_paths, fashion_calib):
     analytic = bc.analytic_shift(model, plan)
     assert len(analytic) >= 2
     stats = calibrate(proto, sorted(plan.roots()), fashion_calib, progress=False)
-    qmodel, qplan, _ = pipeline.quantize(proto, cfg, stats)
+    qmodel, qplan, _ = quantizing.quantize(proto, cfg, stats)
     sites = {s[1]: s[2] for node in qmodel.graph if (s := bias_site(node, qplan.roles)) is not None}
     measured = measure_shift(proto, ir.to_proto(qmodel), sites, fashion_calib)
     for name, delta in analytic.items():

@@ -94,3 +94,22 @@ def test_no_module_over_600_lines():
     long = {name: n for name, path in _modules().items()
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, long
+
+
+def test_tvm_is_imported_only_where_compat_says():
+    """compat.py's docstring names the modules that import tvm themselves; every other module goes
+    through compat (function-level imports count)."""
+    allowed = {"qcc.backends.tvm.compat", "qcc.backends.tvm.coverage", "qcc.backends.tvm.cuda",
+               "qcc.backends.tvm.fp8", "qcc.backends.tvm.tune"}
+    doc = (ROOT / "backends" / "tvm" / "compat.py").read_text(encoding="utf-8")
+    for name in allowed - {"qcc.backends.tvm.compat"}:
+        assert f"``{name.rsplit('.', 1)[1]}.py``" in doc, name
+    importers = set()
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(m == "tvm" or m.startswith("tvm.") for m in mods):
+                importers.add(name)
+    stray = {m for m in importers if m not in allowed and not m.startswith("qcc.backends.tvm.schedules")}
+    assert not stray, sorted(stray)

@@ -313,8 +313,7 @@ def _small_net():
 def test_module_matches_default_build(mcpu):
     target = TARGET if mcpu is None else {"kind": "llvm", "mcpu": mcpu}
     mod, x = _small_net()
-    ex, _ = schedules.compile_module(mod, target)
-    info = dict(schedules.LAST_INFO)
+    ex, _, info = schedules.compile_module(mod, target)
     assert info["vnni"] == has_vnni(target)
     assert info["kernels"].get("depthwise") == 1
     isa = "vnni" if info["vnni"] else "avx2"     # AVX2: the same kernels with k-major weights
@@ -325,8 +324,8 @@ def test_module_matches_default_build(mcpu):
         assert target is not TARGET
         return
     if run_target is not target:
-        ex, _ = schedules.compile_module(mod, run_target)
-        assert dict(schedules.LAST_INFO) == info
+        ex, _, again = schedules.compile_module(mod, run_target)
+        assert again == info
     ex_ref, _ = compat.compile_module(mod, run_target)
     run = lambda e: relax.VirtualMachine(e, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(run(ex), run(ex_ref))
@@ -368,8 +367,7 @@ def _lane_net(shared: bool):
 def test_lane_order_depthwise_matches_default_build(shared):
     mod, x = _lane_net(shared)
     ex_ref, _ = compat.compile_module(mod, TARGET)
-    ex, _ = schedules.compile_module(mod, TARGET)
-    info = dict(schedules.LAST_INFO)
+    ex, _, info = schedules.compile_module(mod, TARGET)
     run = lambda e: relax.VirtualMachine(e, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(run(ex), run(ex_ref))
     kind = "depthwise" if shared else "depthwise_vnni"
@@ -399,17 +397,17 @@ def test_activation_matmul_matches_default_build(mcpu):
     mod = bb.get()
     xa = RNG.integers(0, 256, (1, 3, 5, 7), dtype=np.uint8)
     xb = RNG.integers(0, 256, (1, 3, 7, 37), dtype=np.uint8)
-    ex, _ = schedules.compile_module(mod, target)
+    ex, _, info = schedules.compile_module(mod, target)
     # VNNI: packed at run time onto the dense kernel; otherwise the matmul rule
     rule = kernels.DENSE_BLOCK if has_vnni(target) else "matmul"
-    assert schedules.LAST_INFO["functions"].get(rule) == 1
+    assert info["functions"].get(rule) == 1
     run_target = _runnable(target)
     if run_target is None:       # this host cannot run the target's code: built and checked only
         assert target is not TARGET
         return
     if run_target is not target:
-        ex, _ = schedules.compile_module(mod, run_target)
-        assert schedules.LAST_INFO["functions"].get(rule) == 1
+        ex, _, info = schedules.compile_module(mod, run_target)
+        assert info["functions"].get(rule) == 1
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(xb)).numpy()
     ref = np.clip((xa.astype(np.int64) @ xb.astype(np.int64)) >> 9, 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(got, ref)
@@ -452,8 +450,7 @@ def test_activation_matmul_runs_on_vnni_exactly(bdtype):
             out = bb.emit_output(R.matmul(a, b, out_dtype="int32"))
         bb.emit_func_output(out)
     mod = bb.get()
-    ex, _ = schedules.compile_module(mod, TARGET)
-    info = dict(schedules.LAST_INFO)
+    ex, _, info = schedules.compile_module(mod, TARGET)
     assert info["kernels"].get("dense_vnni") == 1 and info["functions"].get("failed", 0) == 0
     lo, hi = (0, 256) if bdtype == "uint8" else (-128, 128)
     av = RNG.integers(0, 256, (1, 3, 9, 22), dtype=np.uint8)
@@ -479,8 +476,8 @@ def test_row_rule_softmax_and_layer_norm_bit_identical():
         bb.emit_func_output(out)
     mod = bb.get()
     ex_ref, _ = compat.compile_module(mod, TARGET)
-    ex, _ = schedules.compile_module(mod, TARGET)
-    assert schedules.LAST_INFO["functions"].get("rows", 0) >= 2
+    ex, _, info = schedules.compile_module(mod, TARGET)
+    assert info["functions"].get("rows", 0) >= 2
     xv = tvm.runtime.tensor((RNG.standard_normal((2, 3, 24, 40)) * 4).astype(np.float32))
     got = [o.numpy() for o in relax.VirtualMachine(ex, tvm.cpu())["main"](xv)]
     ref = [o.numpy() for o in relax.VirtualMachine(ex_ref, tvm.cpu())["main"](xv)]

@@ -179,11 +179,14 @@ def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes:
     mod, spec, integer_ops, fallback = lower(qdq_model, input_shapes, batch)
     t_lower = time.perf_counter() - t0
     # x86 llvm: qcc's packed int8 kernels + rule-based schedules (schedules/); elsewhere TVM's default
-    tuned = None
+    tuned, schedule_info = None, {}
     if tune:
-        ex, t_compile, tuned = tuning.compile_module(mod, target, tuner_args.pop("trials"), **tuner_args)
+        ex, t_compile, schedule_info, tuned = tuning.compile_module(mod, target, tuner_args.pop("trials"),
+                                                                    **tuner_args)
+    elif on_gpu:
+        ex, t_compile = cuda.compile_module(mod, target)
     else:
-        ex, t_compile = (cuda.compile_module if on_gpu else schedules.compile_module)(mod, target)
+        ex, t_compile, schedule_info = schedules.compile_module(mod, target)
     kernels = cuda.check_kernels(ex, target) if on_gpu else None   # nvcc: a broken kernel fails the build
     t1 = time.perf_counter()
     # write next to the destination and rename, so a failed export never leaves a partial model.so
@@ -213,7 +216,7 @@ def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes:
         info["cuda"] = kernels
     if tuned is not None:
         info["tune"] = tuned
-    if not on_gpu and schedules.LAST_INFO:
-        info["cpu_schedule"] = dict(schedules.LAST_INFO)
+    if schedule_info:
+        info["cpu_schedule"] = schedule_info
     write_spec(out_dir, {**spec, "target": target})
     return info

@@ -186,6 +186,7 @@ class Tuner:
         self.folder = db_dir(target)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.originals: dict = {}
+        self.rules: dict = {}     # function -> the rule schedules.schedule_pass gave it
         self.info = {"db": str(self.folder), "trials_requested": self.trials, "tasks": 0, "tuned": 0,
                      "reused": 0, "new_trials": 0, "kept_rule": 0, "tune_s": 0.0, "functions": {}}
 
@@ -206,7 +207,7 @@ class Tuner:
             for gv, func in list(mod.functions_items()):
                 if not isinstance(func, tvm.tirx.PrimFunc) or gv.name_hint not in self.originals:
                     continue
-                rule = schedules.LAST_REPORT.get(gv.name_hint, "failed")
+                rule = self.rules.get(gv.name_hint, "failed")
                 if not (self.all or rule.startswith("failed") or rule in TUNED_RULES
                         or (self.vnni and rule in VNNI_RULES)):
                     continue
@@ -299,13 +300,11 @@ class Tuner:
 def compile_module(mod, target: dict, trials: int, minutes: float | None = None, quiet: bool = False,
                    all_functions: bool = False, max_tasks: int | None = None):
     """schedules.compile_module with MetaSchedule tuning of the weakly scheduled functions.
-    Returns (executable, seconds, tuning info)."""
+    Returns (executable, seconds, schedule info as schedules.compile_module's, tuning info)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     tuner = Tuner(target, trials, minutes, quiet, all_functions, max_tasks)
     t0 = time.perf_counter()
-    schedules.LAST_INFO.clear()
-    schedules.LAST_REPORT.clear()
     tgt = compat.make_target(target)
     fast, info = schedules.optimize(mod, target)
 
@@ -313,14 +312,9 @@ def compile_module(mod, target: dict, trials: int, minutes: float | None = None,
     def _pipeline(m, _ctx):
         with tgt:
             seq = tvm.transform.Sequential(cpu.library_dispatch_passes(tgt) + cpu.legalize_passes(tgt)
-                                           + [tuner.capture_pass(), schedules.schedule_pass, tuner.tune_pass()]
+                                           + [tuner.capture_pass(), schedules.schedule_pass(tuner.rules), tuner.tune_pass()]
                                            + cpu.dataflow_lower_passes(tgt) + cpu.finalize_passes(tgt))
             return seq(m)
 
     ex = tvm.compile(fast, target=tgt, relax_pipeline=_pipeline)
-    rules: dict = {}
-    for rule in schedules.LAST_REPORT.values():
-        k = "failed" if rule.startswith("failed") else rule
-        rules[k] = rules.get(k, 0) + 1
-    schedules.LAST_INFO.update(info, functions=rules)
-    return ex, time.perf_counter() - t0, tuner.info
+    return ex, time.perf_counter() - t0, {**info, "functions": schedules.rule_counts(tuner.rules)}, tuner.info
