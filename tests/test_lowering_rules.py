@@ -137,6 +137,29 @@ def _conv_weight_zp_model(quantized_output: bool):
     return make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 4, 4, 4])], inits, opset=13)
 
 
+@pytest.mark.parametrize("op, attrs, out_shape, relax_op", [
+    ("GlobalMaxPool", {}, [2, 3, 1, 1], "max"),
+    ("ReduceMax", {"axes": [1], "keepdims": 0}, [2, 5, 4], "max"),
+    ("ReduceMin", {"axes": [2, 3], "keepdims": 1}, [2, 3, 1, 1], "min"),
+])
+def test_max_and_min_reductions_run_on_the_integers(tmp_path, op, attrs, out_shape, relax_op):
+    """Q(max(DQ(x))) with the input's parameters is max(x) on uint8 (MaxMinReduce): no float fallback,
+    and the same bytes as onnxruntime on the QDQ graph."""
+    from qcc.backends import onnxruntime as ort_backend
+
+    n1, i1 = _qdq("x", 0.02, 100, "xd")
+    n2, i2 = _qdq("r", 0.02, 100, "y")
+    model = make_model(n1 + [oh.make_node(op, ["xd"], ["r"], **attrs)] + n2, [("x", [2, 3, 5, 4])],
+                       [("y", out_shape)], {**i1, **i2}, opset=13)
+    info = tvm_backend.build(model, tvm_backend.detect_target(), tmp_path)
+    assert info["float_fallback"] == [] and info["integer_ops"].get(relax_op) == 1, info
+    x = np.random.default_rng(2).uniform(-2.5, 2.5, (2, 3, 5, 4)).astype(np.float32)
+    (y,) = tvm_backend.Runner(tmp_path).run({"x": x})
+    (ref,) = ort_backend.make_session(model).run(None, {"x": x})
+    assert y.shape == ref.shape
+    np.testing.assert_array_equal(y, ref)
+
+
 def test_failed_check_reason_reaches_the_build_info(tmp_path):
     info = tvm_backend.build(_resize_linear_model(), tvm_backend.detect_target(), tmp_path)
     reason = "resize2d method linear: only nearest-neighbor resizing copies integers"

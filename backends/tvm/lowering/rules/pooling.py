@@ -1,4 +1,4 @@
-"""Pooling and reductions: max pooling is a view; average pooling and means are int32 sums.
+"""Pooling and reductions: max pooling and max / min reductions are views; average pooling and means are int32 sums.
 
     max(DQ(x)) = max(s * (x - z)) = s * (max(x) - z) = DQ(max(x))          (s > 0)
     mean_N(DQ(x)) = s / N * (sum_N(x) - N * z)
@@ -18,18 +18,31 @@ from ..registry import AffineRule, rule, unquantized
 from .views import LayoutView
 
 
+class PositiveScaleView(LayoutView):
+    """A view by max or min: they commute with x -> s * (x - z) only for s > 0."""
+
+    def check(self, low, call, var):
+        why = super().check(low, call, var)
+        if why is None and low.view(call.args[0]).scale <= 0:
+            why = f"{self.short(call)} of a tensor with a non-positive scale"
+        return why
+
+
 @rule
-class MaxPool2d(LayoutView):
+class MaxPool2d(PositiveScaleView):
     """max_pool2d(DQ(x)) == DQ(max_pool2d(x)): max commutes with x -> s * (x - z) for s > 0."""
     pattern = ("relax.nn.max_pool2d",)
     onnx = ("MaxPool",)
     conditions = "input quantized per tensor (max commutes with a positive scale)"
 
-    def check(self, low, call, var):
-        why = super().check(low, call, var)
-        if why is None and low.view(call.args[0]).scale <= 0:
-            why = "max_pool2d of a tensor with a non-positive scale"
-        return why
+
+@rule
+class MaxMinReduce(PositiveScaleView):
+    """max(DQ(x), axes) == DQ(max(x, axes)), and min likewise (s > 0): the reduction picks one of the
+    integers. GlobalMaxPool imports as a max over the spatial axes."""
+    pattern = ("relax.max", "relax.min")
+    onnx = ("GlobalMaxPool", "ReduceMax", "ReduceMin")
+    conditions = "input quantized per tensor (max / min commute with a positive scale)"
 
 
 @rule
