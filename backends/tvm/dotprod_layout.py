@@ -2,7 +2,7 @@
 
 ``sdot`` multiplies four signed int8 pairs and adds them into an int32 lane. LLVM forms it from a
 vectorised reduction ``acc += int32(a[i]) * int32(b[i])`` over *contiguous* signed int8 operands.
-The lowered module (lower.py) has neither property: activations are often uint8 and convolutions
+The lowered module (lowering/) has neither property: activations are often uint8 and convolutions
 are NCHW / OIHW, whose innermost reduction (the kernel width, 1 or 3) is short and whose
 input-channel reduction is strided. Two exact rewrites fix that:
 
