@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 600
 
 
-def _modules() -> dict[str, Path]:
+def module_files() -> dict[str, Path]:
     """qcc module name -> source file, from pyproject's package-dir mapping."""
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     dirs = cfg["package-dir"]
@@ -36,7 +36,7 @@ def _type_checking_lines(tree: ast.Module) -> set[int]:
     return lines
 
 
-def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+def imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     skip = _type_checking_lines(tree)
     package = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
@@ -66,7 +66,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
 
 
 def test_modules_found():
-    modules = _modules()
+    modules = module_files()
     assert {"qcc.pipeline", "qcc.passes.registry", "qcc.backends.tvm", "qcc.autotune.space"} <= set(modules)
 
 
@@ -74,24 +74,24 @@ def test_every_source_package_is_installed():
     """A folder of modules missing from pyproject's `packages` is left out of `pip install .` (the editable
     install still finds it, so only a regular install would fail)."""
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    listed = {_modules()[p].parent for p in cfg["packages"]}
+    listed = {module_files()[p].parent for p in cfg["packages"]}
     folders = {f.parent for d in cfg["package-dir"].values() for f in (ROOT / d).rglob("__init__.py")}
     assert folders <= listed, sorted(str(f.relative_to(ROOT)) for f in folders - listed)
 
 
 def test_no_import_cycle():
-    modules = _modules()
+    modules = module_files()
     graph = nx.DiGraph()
     for name, path in modules.items():
         graph.add_node(name)
-        for dep in _imports(name, path, modules):
+        for dep in imports(name, path, modules):
             graph.add_edge(name, dep)
     cycles = list(nx.simple_cycles(graph))
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c + [c[0]]) for c in cycles[:10])
 
 
 def test_no_module_over_600_lines():
-    long = {name: n for name, path in _modules().items()
+    long = {name: n for name, path in module_files().items()
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, long
 
@@ -105,7 +105,7 @@ def test_tvm_is_imported_only_where_compat_says():
     for name in allowed - {"qcc.backends.tvm.compat"}:
         assert f"``{name.rsplit('.', 1)[1]}.py``" in doc, name
     importers = set()
-    for name, path in _modules().items():
+    for name, path in module_files().items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []

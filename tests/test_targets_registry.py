@@ -19,8 +19,9 @@ from qcc import models, targets
 from qcc.artifact import file_sha256
 from qcc.errors import QccError
 
+import test_structure as structure   # the import graph of qcc's modules
+
 ROOT = Path(__file__).resolve().parents[1]
-TVM_DIR = ROOT / "backends" / "tvm"
 EXTRA_ARGS = {"cuda": {"arch": "sm_80"}}      # flags a target cannot build without
 _built: dict = {}
 
@@ -205,64 +206,23 @@ def test_listing_targets_imports_no_tvm():
 
 # --- the import graph -------------------------------------------------------------------------
 
-def _module_names(folder: Path, package: str) -> dict[str, Path]:
-    out = {}
-    for path in folder.rglob("*.py"):
-        parts = list(path.relative_to(folder).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        out[".".join([package, *parts])] = path
-    return out
-
-
-def _edges(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """Modules of `modules` that `name` imports anywhere (function bodies included); an import of an
-    ancestor package is no edge (its __init__ runs before the module anyway)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                parts = parts[: len(parts) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
-        else:
-            continue
-        for t in names:
-            while t and t not in modules:
-                t = t.rpartition(".")[0]
-            if t and t != name and not name.startswith(t + "."):
-                found.add(t)
-    return found
-
-
 def test_backend_modules_import_one_way():
-    modules = _module_names(TVM_DIR, "qcc.backends.tvm")
+    modules = {k: v for k, v in structure.module_files().items() if k.startswith("qcc.backends.tvm")}
     assert {"qcc.backends.tvm.artifact_io", "qcc.backends.tvm.cross", "qcc.backends.tvm.c_source",
             "qcc.backends.tvm.pipeline", "qcc.backends.tvm.runtime"} <= set(modules)
     graph = nx.DiGraph()
     for name, path in modules.items():
         graph.add_node(name)
-        graph.add_edges_from((name, dep) for dep in _edges(name, path, modules))
+        graph.add_edges_from((name, dep) for dep in structure.imports(name, path, modules))
     cycles = list(nx.simple_cycles(graph))
     assert not cycles, cycles
     # the layers the package docstring promises
     below = {"qcc.backends.tvm.artifact_io": set(), "qcc.backends.tvm.exactness": set()}
     for name, allowed in below.items():
-        assert _edges(name, modules[name], modules) == allowed, name
+        assert structure.imports(name, modules[name], modules) == allowed, name
     assert "qcc.backends.tvm.runtime" not in nx.descendants(graph, "qcc.backends.tvm.cross")
     assert "qcc.backends.tvm.runtime" not in nx.descendants(graph, "qcc.backends.tvm.c_source")
     assert "qcc.backends.tvm.cross" not in nx.descendants(graph, "qcc.backends.tvm.pipeline")
-
-
-def test_backend_modules_are_at_most_600_lines():
-    long = {str(p.relative_to(TVM_DIR)): n for p in TVM_DIR.rglob("*.py")
-            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600}
-    assert not long, long
 
 
 def test_compiler_asks_the_registry():
