@@ -125,3 +125,18 @@ def qparam_broadcast(s, z, axis, ndim):
         s = s.reshape(())
         z = z.reshape(())
     return s, z
+
+
+def int8_weight_problem(w: tuple, what: str, out_axis: int) -> str | None:
+    """Why a constant dequantized weight (q, scale, zp) is not an int8 operand with zero point 0 and
+    one scale per slice along `out_axis` (the layer's output channels), or None when it is."""
+    wq, ws, wz = w
+    if np.any(wz != 0):
+        return f"{what} weight with a nonzero zero point"
+    if wq.dtype != np.int8:
+        return f"{what} weight dtype {wq.dtype}"
+    sw = np.broadcast_to(ws, wq.shape)
+    first = tuple(slice(None) if i == out_axis else slice(0, 1) for i in range(wq.ndim))
+    if not np.all(sw == sw[first]):
+        return f"{what} weight scale varies along a non-output axis"
+    return None

@@ -14,7 +14,7 @@ import numpy as np
 
 from ... import compat
 from ...compat import R
-from ..ir import Affine, Term, rank_array
+from ..ir import Affine, Term, int8_weight_problem, rank_array
 from ..registry import AffineRule, Unquantized, rule, unquantized
 
 
@@ -40,15 +40,7 @@ class Conv2d(AffineRule):
         w = low.weight(call.args[1])
         if w is None:
             return Unquantized("conv2d weight is not a constant quantized tensor")
-        wq, ws, wz = w
-        if np.any(wz != 0):
-            return "conv2d weight with a nonzero zero point"
-        if wq.dtype != np.int8:
-            return f"conv2d weight dtype {wq.dtype}"
-        sw = np.broadcast_to(ws, wq.shape)
-        if not np.all(sw == sw[:, :1, :1, :1]):
-            return "conv2d weight scale varies along a non-output axis"
-        return None
+        return int8_weight_problem(w, "conv2d", out_axis=0)
 
     def rewrite(self, low, call, var, rank) -> Affine:
         a = call.attrs
@@ -121,14 +113,8 @@ class Conv2dTranspose(AffineRule):
         w = low.weight(call.args[1])
         if w is None:
             return Unquantized("conv2d_transpose weight is not a constant quantized tensor")
-        wq, ws, wz = w
-        if np.any(wz != 0) or wq.dtype != np.int8:
-            return "conv2d_transpose weight not int8 with zero point 0"
-        sw = np.broadcast_to(ws, wq.shape)
         # output channel o = g * Og + j reads weight[g*I/g:(g+1)*I/g, j]: the scale must be per j (axis 1)
-        if not np.all(sw == sw[:1, :, :1, :1]):
-            return "conv2d_transpose weight scale varies along a non-output axis"
-        return None
+        return int8_weight_problem(w, "conv2d_transpose", out_axis=1)
 
     def rewrite(self, low, call, var, rank) -> Affine:
         a = call.attrs

@@ -15,7 +15,7 @@ import numpy as np
 
 from ... import compat
 from ...compat import R
-from ..ir import Affine, Term, rank_array
+from ..ir import Affine, Term, int8_weight_problem, rank_array
 from ..registry import AffineRule, Unquantized, rule, unquantized
 
 
@@ -38,15 +38,9 @@ class MatMul(AffineRule):
             return unquantized("matmul")
         w = low.weight(b_expr)
         if w is not None:
-            wq, ws, wz = w
-            if wq.ndim != 2:
+            if w[0].ndim != 2:
                 return "matmul with a constant weight of rank != 2"
-            if np.any(wz != 0) or wq.dtype != np.int8:
-                return "matmul weight not int8 with zero point 0"
-            sw = np.broadcast_to(ws, wq.shape)
-            if not np.all(sw == sw[:1, :]):
-                return "matmul weight scale varies along K"
-            return None
+            return int8_weight_problem(w, "matmul", out_axis=1)   # one scale per column n
         if low.view(b_expr) is None:
             return Unquantized("matmul: second operand is neither a constant quantized weight nor a quantized tensor")
         b_shape = compat.tensor_shape(b_expr)
