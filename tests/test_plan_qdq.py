@@ -184,7 +184,8 @@ def test_linear_qdq_within_quantization_error_bound(kind, trans_b, rank, granula
         assert s_w.shape == () and _attr(w_dq, "axis") is None
     s_x, z_x = _qdq_params(q, "x")
     (y_ref,) = run(model, {"x": x})
-    (y_q,) = run(q, {"x": x})
+    # the QDQ graph's semantics: onnxruntime's fused u8s8 kernels saturate int16 pairs on AVX2-only CPUs
+    (y_q,) = run(q, {"x": x}, optimize=False)
     s_w_n = np.broadcast_to(s_w, (8,)).astype(np.float64)
     s_x = float(s_x)
     xa = np.abs(x.astype(np.float64))
@@ -231,7 +232,7 @@ def test_softmax_after_additive_mask_stays_float():
     assert res.plan.roles.get("q_proj") == "compute" and _quant_nodes(q, "QuantizeLinear", "probs")
     _assert_outputs_float(model, q)
     ref = run(model, {"x": x, "mask": mask})
-    got = run(q, {"x": x, "mask": mask})
+    got = run(q, {"x": x, "mask": mask}, optimize=False)   # QDQ semantics (see the linear bound test)
     assert all(np.isfinite(g).all() for g in got)
     assert max_rel_err(ref[0], got[0]) < 0.2
     # side_proj runs on the exact float scores (its MatMul is float, weights too)
