@@ -11,6 +11,13 @@ The plan is a pure function of (graph, config, statistics). Nodes take one of th
     pool              AveragePool, GlobalAveragePool: quantized in and out, each with its own scale
     shared            MaxPool, Reshape, Transpose, Flatten, ... : the output reuses the input's scale
                       (exact on integer code), quantized when the output must be quantized
+    scale             Mul / Div by a constant, or Add of one, right after a compute layer: folded into
+                      that layer's requantization (its output is not quantized)
+    pointwise         element-wise functions (Sigmoid, HardSwish, Gelu, Erf, Exp, ...) and their
+                      compositions with scalar constants: when the chain's output must be quantized
+                      and it reads one tensor, only that tensor and the output are (one 256-entry
+                      table, f(x) for every int8 x); Mul of two tensors quantizes both (an integer
+                      product: the SE block's x * sigmoid(s))
 
 A tensor must be quantized when a quantized node reads it; roles are resolved consumers first
 (reverse topological order), so a chain like Conv -> Relu -> MaxPool -> Flatten -> Gemm quantizes
@@ -35,6 +42,11 @@ POOL = {"AveragePool", "GlobalAveragePool"}
 SHARED = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Resize", "Relu", "Clip",
           "Slice", "Split", "Pad", "Upsample", "DepthToSpace", "SpaceToDepth", "GlobalMaxPool"}
 FUSABLE_ACTIVATIONS = {"Relu", "Clip"}
+POINTWISE = {"Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Mish", "LeakyRelu", "Elu", "Selu",
+             "Celu", "Softplus", "Softsign", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Sin", "Cos",
+             "Floor", "Ceil", "Round", "Relu", "Clip", "Pow", "Mul", "Div", "Sub", "Add", "Max", "Min"}
+SCALE_OPS = {"Mul", "Div", "Add"}
+MAX_CHAIN = 64      # nodes of one pointwise chain (the lowering's limit too)
 
 
 @dataclass
@@ -120,13 +132,16 @@ def _plan_once(model: ir.Model, config: QuantConfig, forced: dict[str, str]) -> 
                 reason[node] = "unsupported operand layout (non-float input or non-unit Gemm alpha/transA)"
         elif op == "Add" and _is_bias_add(node, role):
             role[node] = "bias-add"
-        elif op in ELEMENTWISE:
-            if all(_is_float(v) for v in node.inputs):
-                role[node] = "elementwise"
-            else:
-                reason[node] = f"{op} with a constant or non-float operand"
+        elif op in SCALE_OPS and _is_scale(node, role):
+            role[node] = "scale"
+        elif op in ELEMENTWISE and all(_is_float(v) for v in node.inputs):
+            role[node] = "elementwise"
         elif op in FUSABLE_ACTIVATIONS and _fusable(node, role):
             role[node] = "fused-activation"
+        elif op in POINTWISE and _pointwise_operands(node):
+            role[node] = "pointwise"
+        elif op in ELEMENTWISE:
+            reason[node] = f"{op} with a constant or non-float operand"
         elif op in POOL:
             role[node] = "pool"
         elif op in SHARED and _is_float(node.inputs[0]):
@@ -136,6 +151,7 @@ def _plan_once(model: ir.Model, config: QuantConfig, forced: dict[str, str]) -> 
 
     needed: dict[str, str] = {}   # tensor -> root tensor (itself unless it shares a scale)
     force_quant: set[ir.Node] = set()
+    in_table: set[ir.Node] = set()   # pointwise nodes inside a chain that becomes one table
 
     def need(value: ir.Value, root: str | None = None) -> None:
         if _is_float(value) and config.overrides.get(value.name) != "float":
@@ -152,6 +168,28 @@ def _plan_once(model: ir.Model, config: QuantConfig, forced: dict[str, str]) -> 
             plan.roles[node.name] = r
         elif r == "bias-add":
             plan.roles[node.name] = r
+        elif r == "scale":
+            if out_needed:
+                plan.roles[node.name] = r
+            else:
+                reason[node] = "output feeds float ops only (runs in float)"
+        elif r == "pointwise":
+            if out_needed:
+                leaves, members = _pointwise_chain(node, role, needed)
+                if leaves is not None and len(leaves) == 1:
+                    need(leaves[0])
+                    in_table.update(members)
+                    plan.roles[node.name] = r
+                elif node.op_type == "Mul" and all(_is_float(v) for v in node.inputs):
+                    for v in node.inputs:
+                        need(v)
+                    plan.roles[node.name] = r
+                else:
+                    reason[node] = f"{node.op_type} of several tensors: no integer lowering (runs in float)"
+            elif node in in_table:
+                plan.roles[node.name] = r
+            else:
+                reason[node] = "output feeds float ops only (runs in float)"
         elif r == "fused-activation":
             producer = node.inputs[0].producer()
             if out_needed and producer is not None and role.get(producer) == "elementwise":
@@ -229,10 +267,57 @@ def _is_bias_add(node: ir.Node, role: dict[ir.Node, str]) -> bool:
     return bias.shape is not None and len(bias.shape) == 1 and bias.shape[0] == w.shape[-1]
 
 
+def _scalar_const(value: ir.Value) -> bool:
+    """A constant of one value (size 1, or every element equal): what a 256-entry table can hold."""
+    a = value.const_value.numpy()
+    return a.size >= 1 and bool((a == a.reshape(-1)[0]).all())
+
+
+def _pointwise_operands(node: ir.Node) -> bool:
+    """Float activations and scalar constants only (attributes aside: Clip's bounds are inputs)."""
+    ins = [v for v in node.inputs if v is not None]
+    return any(_is_float(v) for v in ins) and all(_is_float(v) or (_const(v) and _scalar_const(v)) for v in ins)
+
+
+def _pointwise_chain(node: ir.Node, role: dict[ir.Node, str], needed: dict[str, str]):
+    """(the tensors the pointwise chain ending at `node` reads, the chain's nodes); (None, _) when it
+    is longer than MAX_CHAIN. A tensor already quantized for another consumer ends the chain."""
+    leaves: dict[str, ir.Value] = {}
+    members: set[ir.Node] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n in members:
+            continue
+        members.add(n)
+        if len(members) > MAX_CHAIN:
+            return None, members
+        for v in n.inputs:
+            if v is None or _const(v):
+                continue
+            producer = v.producer()
+            if producer is not None and role.get(producer) == "pointwise" and v.name not in needed:
+                stack.append(producer)
+            else:
+                leaves[v.name] = v
+    return list(leaves.values()), members
+
+
+def _is_scale(node: ir.Node, role: dict[ir.Node, str]) -> bool:
+    """Mul / Add by a constant, or Div by one, of a compute layer's single-use output."""
+    consts = [i for i, v in enumerate(node.inputs) if _const(v)]
+    if len(consts) != 1 or (node.op_type == "Div" and consts != [1]):
+        return False
+    src = node.inputs[1 - consts[0]]
+    producer = src.producer()
+    return (producer is not None and role.get(producer) in ("compute", "bias-add", "scale")
+            and len(src.uses()) == 1 and not src.is_graph_output())
+
+
 def _fusable(node: ir.Node, role: dict[ir.Node, str]) -> bool:
     src = node.inputs[0]
     producer = src.producer()
-    if producer is None or role.get(producer) not in ("compute", "bias-add", "elementwise"):
+    if producer is None or role.get(producer) not in ("compute", "bias-add", "elementwise", "scale"):
         return False
     if len(src.uses()) != 1 or src.is_graph_output():
         return False
@@ -304,6 +389,7 @@ def _mask_sentinels(model: ir.Model, plan: QuantPlan, stats: dict[str, TensorSta
                 if use.node.name in plan.roles:
                     bad[use.node.name] = why
             producer = value.producer() if value is not None else None
-            if producer is not None and plan.roles.get(producer.name) in ("elementwise", "pool", "shared"):
+            if producer is not None and plan.roles.get(producer.name) in ("elementwise", "pool", "shared",
+                                                                          "pointwise"):
                 bad[producer.name] = why
     return bad

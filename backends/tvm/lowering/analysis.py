@@ -239,10 +239,22 @@ class Lowering:
         rule = registry.rule_for(self.op_of(g), SITE)
         if rule is not None:
             return rule.apply(self, self.value(g), g, site, absorbed)
+        try:
+            return self._plan_affine(var, g, site, absorbed)
+        except NoMatch as exc:
+            # a site rule that also covers this op (the pointwise table behind a non-affine Mul)
+            for fb in registry.fallbacks(self.op_of(g)):
+                if self.single_use(g) and fb.check(self, self.value(g), g) is None:
+                    return fb.rewrite(self, self.value(g), g, site, absorbed)
+            raise exc from None
+
+    def _plan_affine(self, var, g, site: Site, absorbed: list) -> Plan:
+        """The site's float value as an affine sum of integer terms, requantized."""
+        dtype = site.dtype
         aff = self.affine(g, top=False)
         kinds = sorted({t.kind for t in aff.terms})
-        if kinds == ["view"] and aff.offset is None:
-            v = self.view(g)
+        v = self.view(g) if kinds == ["view"] and aff.offset is None else None
+        if v is not None:
             kinds = v.ops or ["requantize"]
             if v.scale == site.scale and v.zp == site.zp and v.dtype == dtype:
                 lo, hi, full = site.lo, site.hi, site.full_range

@@ -28,6 +28,8 @@ Roles (``low`` is the analysis.Lowering of the module being lowered):
             -> ir.Affine; `float_sink = True`: a layer of this op whose output is consumed in float
             still accumulates in integers (float(acc + k) * m).
     SITE    planned at the quantize site itself. rewrite(low, call, var, site, absorbed) -> ir.Plan.
+            A site rule may list in `also` ops that other rules own: it is tried at a quantize site
+            whose op's own rule fails (the pointwise table behind an Add or Mul that is not affine).
 
 ``rewrite`` may still raise NoMatch for what only the computation finds out (a constant that does
 not broadcast, a multiplier out of range).
@@ -69,6 +71,7 @@ class Rule:
     lowers_to: str = ""
     conditions: str = ""
     float_sink: bool = False
+    also: tuple[str, ...] = ()      # SITE rules: ops owned by other rules, tried when those fail
 
     @property
     def name(self) -> str:
@@ -109,6 +112,7 @@ class SiteRule(Rule):
 
 _RULES: list[Rule] = []
 _BY_OP: dict[str, Rule] = {}
+_FALLBACK: dict[str, list[Rule]] = {}
 
 
 def rule(cls: type) -> type:
@@ -120,6 +124,8 @@ def rule(cls: type) -> type:
         missing.append("docstring")
     if cls.check is Rule.check or cls.rewrite is Rule.rewrite:
         missing.append("check / rewrite")
+    if cls.also and cls.role != SITE:
+        missing.append("SITE role (only site rules take `also`)")
     if missing:
         raise TypeError(f"rule {cls.__name__} lacks {', '.join(missing)}")
     taken = [op for op in cls.pattern if op in _BY_OP]
@@ -129,6 +135,8 @@ def rule(cls: type) -> type:
     _RULES.append(inst)
     for op in cls.pattern:
         _BY_OP[op] = inst
+    for op in cls.also:
+        _FALLBACK.setdefault(op, []).append(inst)
     return cls
 
 
@@ -136,6 +144,11 @@ def rule_for(op: str | None, role: str | None = None) -> Rule | None:
     """The rule matching a Relax op name (of that role, if given), else None."""
     r = _BY_OP.get(op) if op is not None else None
     return r if r is not None and (role is None or r.role == role) else None
+
+
+def fallbacks(op: str | None) -> list[Rule]:
+    """The site rules tried at a quantize site whose op (`also`) failed its own rule, or has none."""
+    return list(_FALLBACK.get(op, ())) if op is not None else []
 
 
 def rules(role: str | None = None) -> list[Rule]:

@@ -60,7 +60,10 @@ def requantizer(aff: Affine, s_y: float, z_y: int, dtype: str, lo: int, hi: int)
         for t, mult, k in zip(aff.terms, mults, bias32):
             x = t.emit(e)
             if k is not None:
-                x = e.emit(R.add(e.emit(x), _int_const(k, "int32")))
+                x = e.emit(x)
+                if compat.tensor_dtype(x) != "int32":     # a scaled view: int8 / uint8
+                    x = e.emit(R.astype(x, "int32"))
+                x = e.emit(R.add(x, _int_const(k, "int32")))
             x64 = R.astype(e.emit(x), "int64")
             term = R.multiply(e.emit(x64), _int_const(mult, "int64"))
             total = term if total is None else R.add(e.emit(total), e.emit(term))

@@ -1,4 +1,4 @@
-"""Elementwise arithmetic on affine sums.
+"""Elementwise arithmetic on affine sums: Add, Mul and Div.
 
 Two quantized inputs (a residual Add):
 
@@ -10,6 +10,11 @@ A constant c added to an affine sum v = sum_i m_i * (t_i + k_i) + offset:
 
 and when c is an int32 bias dequantize(b_q, m_1) on the single term's multiplier (the bias of a
 MatMul, or paddle's Add(conv, c)), exactly m_1 * (t_1 + k_1 + b_q): an int32 bias add.
+
+A product of two quantized inputs is one integer term, and a constant factor scales the sum:
+
+    s_a (a - z_a) * s_b (b - z_b) = (s_a s_b) * ((a - z_a)(b - z_b))
+    c * v = sum_i (c m_i)(t_i + k_i) + c * offset          v / c = (1 / c) * v
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from ... import compat
+from ...compat import R
 from ..ir import Affine, Term, qparam_broadcast, rank_array, view_term
-from ..registry import AffineRule, rule
+from ..registry import AffineRule, NoMatch, rule
 
 
 @rule
@@ -97,3 +103,89 @@ def int_bias(low, expr):
     if shape is not None:
         q, s = q.reshape(shape), s.reshape(shape)
     return q, s
+
+
+@rule
+class Multiply(AffineRule):
+    """Two quantized inputs, a product of integers:
+
+        s_a (a - z_a) * s_b (b - z_b) = (s_a s_b) * ((a - z_a)(b - z_b))      (int32, broadcasting)
+
+    (the SE block's x * sigmoid(...)); a constant c times an affine sum scales its multipliers and
+    offset: c * (sum_i m_i (t_i + k_i) + o) = sum_i (c m_i)(t_i + k_i) + c o (a Mul after a conv)."""
+    pattern = ("relax.multiply",)
+    onnx = ("Mul",)
+    lowers_to = ("an int32 product of the zero-point-corrected inputs (two quantized inputs); a constant "
+                 "folded into the requantization multiplier")
+    conditions = ("both inputs quantized per tensor, or one constant and the other an integer affine sum; "
+                  "otherwise a pointwise chain of one tensor is a table (PointwiseTable)")
+
+    def check(self, low, call, var):
+        a, b = call.args
+        ca, cb = low.cval(a), low.cval(b)
+        if ca is not None and cb is not None:
+            return "constant expression"
+        if ca is not None or cb is not None:
+            return None       # the other operand's own rule decides (rewrite raises its NoMatch)
+        if low.view(a) is None or low.view(b) is None:
+            return "Mul of a non-quantized operand"
+        return None
+
+    def rewrite(self, low, call, var, rank) -> Affine:
+        a, b = call.args
+        ca = low.cval(a)
+        if ca is not None or low.cval(b) is not None:
+            c_expr, other = (a, b) if ca is not None else (b, a)
+            return scale_by(low, low.affine(other, top=False), low.cval(c_expr), rank, var)
+        va, vb = low.view(a), low.view(b)
+
+        def emit(e, va=va, vb=vb):
+            xa = centered(e, va)
+            xb = centered(e, vb)
+            return R.multiply(xa, xb)
+
+        m = np.array(np.float64(va.scale) * np.float64(vb.scale))
+        return Affine([Term(emit, m, np.array(0, np.int64), va.sources + vb.sources, "multiply")], None, rank, [var])
+
+
+@rule
+class Divide(AffineRule):
+    """v / c = (1 / c) * v for a constant c: the multipliers and offset of the affine sum v scale
+    by 1 / c (Div after a conv, attention's Q.K^T / sqrt(d))."""
+    pattern = ("relax.divide",)
+    onnx = ("Div",)
+    lowers_to = "the constant folded into the requantization multiplier"
+    conditions = ("a constant divisor, the dividend an integer affine sum; otherwise a pointwise chain of "
+                  "one tensor is a table (PointwiseTable)")
+
+    def check(self, low, call, var):
+        c = low.cval(call.args[1])
+        if c is None:
+            return "Div by a non-constant"
+        if low.cval(call.args[0]) is not None:
+            return "constant expression"
+        if np.any(c == 0):
+            return "Div by zero"
+        return None
+
+    def rewrite(self, low, call, var, rank) -> Affine:
+        c = low.cval(call.args[1]).astype(np.float64)
+        return scale_by(low, low.affine(call.args[0], top=False), 1.0 / c, rank, var)
+
+
+def centered(e, v):
+    """int32(x) - z_x of a view."""
+    x = e.emit(R.astype(e.view_expr(v), "int32"))
+    return e.emit(R.subtract(x, compat.const(np.int32(v.zp)))) if v.zp else x
+
+
+def scale_by(low, inner: Affine, c, rank: int, expr) -> Affine:
+    """c * inner: every multiplier and the offset times the constant c (c > 0 keeps the
+    requantization's multipliers positive; a negative one is left to the table)."""
+    c = rank_array(np.asarray(c, np.float64), rank)
+    if not np.all(c > 0):
+        raise NoMatch("scaling by a constant that is not positive")
+    terms = [Term(t.emit, rank_array(t.m, rank) * c, t.k, t.sources, "scale" if t.kind == "view" else t.kind)
+             for t in inner.terms]
+    off = None if inner.offset is None else rank_array(inner.offset, rank) * c
+    return Affine(terms, off, rank, inner.absorbed + [expr])
