@@ -121,7 +121,7 @@ def _engine_worker(conn, kind: str, path: str, feeds: dict, threads: int) -> Non
     else:
         from qcc.backends import onnxruntime as ort_backend
 
-        sess = ort_backend.make_session(path, threads=threads)
+        sess = ort_backend.make_session(path, threads=threads, fuse_qdq=True)   # onnxruntime as users run it
         fn = lambda: sess.run(None, feeds)   # noqa: E731
     conn.send("ready")
     while True:

@@ -36,7 +36,7 @@ def _make_call(engine: Engine, feeds: dict):
     if engine.kind == "onnxruntime":
         from .backends import onnxruntime as ort_backend
 
-        sess = ort_backend.make_session(engine.path, threads=engine.threads)
+        sess = ort_backend.make_session(engine.path, threads=engine.threads, fuse_qdq=True)   # as users run it
         return lambda: sess.run(None, feeds)
     raise ValueError(f"unknown engine kind {engine.kind!r}")
 

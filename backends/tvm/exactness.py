@@ -118,7 +118,7 @@ def end_to_end(qdq_model: onnx.ModelProto, tvm_outputs: list[np.ndarray], feeds:
     from qcc.backends import onnxruntime as ort_backend
 
     ref = ort_backend.run_all(ort_backend.make_session(qdq_model, optimize=False), feeds)
-    unfused = ort_backend.run_all(ort_backend.make_session(qdq_model), feeds)   # the fused graph
+    unfused = ort_backend.run_all(ort_backend.make_session(qdq_model, fuse_qdq=True), feeds)   # the fused graph
     steps = output_steps(qdq_model)
     quant = activation_quantizers(qdq_model)
     result = {}
