@@ -160,6 +160,35 @@ def test_max_and_min_reductions_run_on_the_integers(tmp_path, op, attrs, out_sha
     np.testing.assert_array_equal(y, ref)
 
 
+@pytest.mark.parametrize("pads, value, lowered", [
+    ([0, 0, 1, 2, 0, 0, 3, 1], None, True),     # zeros: the zero point
+    ([0, 0, 2, 0, 0, 0, 0, 2], 0.2, True),      # 0.2 = 0.02 * (z + 10 - z): on the grid
+    ([0, 0, 1, 1, 0, 0, 1, 1], 0.033, False),   # between two grid values: stays float
+])
+def test_constant_pad_runs_on_the_integers(tmp_path, pads, value, lowered):
+    """Q(pad(DQ(x), c)) = pad(x, q_c) with c on the input's grid (Pad), byte for byte against onnxruntime."""
+    n1, i1 = _qdq("x", 0.02, 100, "xd")
+    n2, i2 = _qdq("r", 0.02, 100, "y")
+    inputs = ["xd", "pads"] + (["value"] if value is not None else [])
+    inits = {**i1, **i2, "pads": np.array(pads, np.int64)}
+    if value is not None:
+        inits["value"] = np.float32(value)
+    out = [1, 3, 5 + pads[2] + pads[6], 4 + pads[3] + pads[7]]
+    model = make_model(n1 + [oh.make_node("Pad", inputs, ["r"], mode="constant")] + n2, [("x", [1, 3, 5, 4])],
+                       [("y", out)], inits, opset=13)
+    info = tvm_backend.build(model, tvm_backend.detect_target(), tmp_path)
+    if lowered:
+        assert info["float_fallback"] == [] and info["integer_ops"] == {"pad": 1}, info
+    else:
+        assert [f["op"] for f in info["float_fallback"]] == ["call_tir:pad"], info
+        assert "quantization grid" in info["float_fallback"][0]["reason"]
+    x = np.random.default_rng(3).uniform(-1.5, 1.5, (1, 3, 5, 4)).astype(np.float32)
+    (y,) = tvm_backend.Runner(tmp_path).run({"x": x})
+    from conftest import run
+    (ref,) = run(model, {"x": x}, optimize=False)
+    np.testing.assert_array_equal(y, ref)
+
+
 def test_failed_check_reason_reaches_the_build_info(tmp_path):
     info = tvm_backend.build(_resize_linear_model(), tvm_backend.detect_target(), tmp_path)
     reason = "resize2d method linear: only nearest-neighbor resizing copies integers"

@@ -130,6 +130,51 @@ def call_tir_args(expr) -> list:
     return list(expr.args[1].fields)
 
 
+def te_pad_widths(mod, call) -> tuple[list[int], list[int], float] | None:
+    """(before, after, value) of a call_tir to the ONNX frontend's constant pad (topi.nn.pad), read
+    from its PrimFunc: out[i] = if_then_else(inside, A[i - before], value). None if it is not that."""
+    func = mod[call.args[0]]
+    found: dict = {}
+
+    def visit(node):
+        if isinstance(node, tvm.ir.Call) and getattr(node.op, "name", "").endswith("if_then_else"):
+            found.setdefault("load", node.args[1])
+            found.setdefault("value", node.args[2])
+
+    # (0.27's python API has no TIR visitor: walk the fields a TE compute's body is made of)
+    stack = [func.body]
+    while stack:
+        node = stack.pop()
+        visit(node)
+        for name in ("body", "block", "value", "args", "seq", "a", "b", "condition", "then_case", "else_case"):
+            child = getattr(node, name, None)
+            if child is None or isinstance(child, (int, float, str)):
+                continue
+            if hasattr(child, "__len__") and not hasattr(child, "dtype"):
+                stack.extend(c for c in child if c is not None)
+            else:
+                stack.append(child)
+    load, value = found.get("load"), found.get("value")
+    kind = lambda node: type(node).__name__    # noqa: E731  (0.27: some TIR node types are factory functions)
+    if kind(load) not in ("BufferLoad", "TensorLoad") or kind(value) not in ("FloatImm", "IntImm"):
+        return None
+    before = []
+    for ix in load.indices:
+        if kind(ix) == "Var":
+            before.append(0)
+        elif kind(ix) == "Sub" and kind(ix.b) == "IntImm" and kind(ix.a) == "Var":
+            before.append(int(ix.b.value))
+        else:
+            return None
+    shape_in, shape_out = tensor_shape(call_tir_args(call)[0]), tensor_shape(call)
+    if shape_in is None or shape_out is None or len(shape_in) != len(before):
+        return None
+    if not all(isinstance(d, int) for d in shape_in + shape_out):
+        return None
+    after = [o - i - b for i, o, b in zip(shape_in, shape_out, before)]
+    return (before, after, float(value.value)) if min(after) >= 0 else None
+
+
 def prim_value(expr) -> float | None:
     """A Python number from an IntImm / FloatImm / PrimValue argument (R.clip bounds)."""
     if isinstance(expr, (tirx.IntImm, tirx.FloatImm)):

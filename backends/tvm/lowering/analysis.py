@@ -167,7 +167,8 @@ class Lowering:
         rule = registry.rule_for(name, VIEW)
         if rule is None or rule.check(self, val, expr) is not None:
             return None
-        return rule.rewrite(self, val, expr, self.view(val.args[0]))
+        data = compat.call_tir_args(val)[0] if name.startswith("call_tir:") else val.args[0]
+        return rule.rewrite(self, val, expr, self.view(data))
 
     def weight(self, expr):
         """A constant dequantized weight: (q int array, scale, zp) with scale / zp broadcastable to q."""

@@ -11,6 +11,8 @@ several views at its quantize site, each requantized to the output's parameters.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ... import compat
 from ...compat import R, relax
 from ..ir import QRANGE, Affine, Plan, View, view_term
@@ -108,6 +110,49 @@ class Resize2d(LayoutView):
                                 rounding_method=str(a.rounding_method),
                                 cubic_alpha=float(a.cubic_alpha), cubic_exclude=int(a.cubic_exclude),
                                 extrapolation_value=float(a.extrapolation_value))
+
+
+@rule
+class Pad(LayoutView):
+    """pad(DQ(x), c) == DQ(pad(x, q_c)) where c = s * (q_c - z) exactly (c = 0: q_c = z): the
+    padded elements are the constant's integer. TVM's frontend imports a constant Pad as a TE
+    function; its widths are read back from it (compat.te_pad_widths)."""
+    pattern = ("call_tir:pad",)
+    onnx = ("Pad",)
+    lowers_to = "`nn.pad` of the int8/uint8 tensor with the constant's integer (the zero point for 0)"
+    conditions = "constant mode, static shapes, input quantized per tensor, pad value on the input's grid"
+
+    def short(self, call) -> str:
+        return "pad"
+
+    def padding(self, low, call):
+        """(before, after, integer pad value), or a reason."""
+        widths = compat.te_pad_widths(low.mod, call)
+        if widths is None:
+            return "pad with dynamic shapes or negative widths"
+        before, after, c = widths
+        v = low.view(compat.call_tir_args(call)[0])
+        q = int(np.round(np.float32(c) / np.float32(v.scale))) + v.zp
+        lo, hi = QRANGE[v.dtype]
+        # on the grid to float32 rounding: Q(c) is q either way, far from a rounding tie
+        if not lo <= q <= hi or abs((q - v.zp) * v.scale - c) > 1e-6 * max(abs(c), v.scale):
+            return f"pad value {c} is not a value of the input's quantization grid"
+        return before, after, q
+
+    def check(self, low, call, var):
+        if low.view(compat.call_tir_args(call)[0]) is None:
+            return unquantized("pad")
+        found = self.padding(low, call)
+        return found if isinstance(found, str) else None
+
+    def rewrite(self, low, call, var, inner: View) -> View:
+        before, after, q = self.padding(low, call)
+        width = [w for pair in zip(before, after) for w in pair]
+
+        def emit(e, inner=inner):
+            return R.nn.pad(e.view_expr(inner), width, pad_value=float(q))
+
+        return View(var, emit, inner.scale, inner.zp, inner.dtype, inner.sources, inner.ops + ["pad"])
 
 
 @rule
