@@ -189,6 +189,28 @@ def test_constant_pad_runs_on_the_integers(tmp_path, pads, value, lowered):
     np.testing.assert_array_equal(y, ref)
 
 
+@pytest.mark.parametrize("split", [[3, 5], None], ids=["sizes", "num_outputs"])
+def test_split_parts_run_on_the_integers(tmp_path, split):
+    """split(DQ(x)) on the integers, emitted once (SplitItem); a part with other output parameters is
+    requantized. Byte for byte against onnxruntime."""
+    from conftest import run
+
+    n1, i1 = _qdq("x", 0.02, 100, "xd")
+    na, ia = _qdq("a", 0.02, 100, "ya")
+    nb, ib = _qdq("b", 0.03, 90, "yb")
+    inputs, attrs = (["xd", "sp"], {}) if split else (["xd"], {"num_outputs": 2})
+    sizes = split or [4, 4]
+    model = make_model(n1 + [oh.make_node("Split", inputs, ["a", "b"], axis=1, **attrs)] + na + nb,
+                       [("x", [1, 8, 3, 3])], [("ya", [1, sizes[0], 3, 3]), ("yb", [1, sizes[1], 3, 3])],
+                       {**i1, **ia, **ib, **({"sp": np.array(split, np.int64)} if split else {})}, opset=18)
+    info = tvm_backend.build(model, tvm_backend.detect_target(), tmp_path)
+    assert info["float_fallback"] == [] and info["integer_ops"] == {"split": 2}, info
+    x = np.random.default_rng(4).uniform(-2, 2, (1, 8, 3, 3)).astype(np.float32)
+    got = tvm_backend.Runner(tmp_path).run({"x": x})
+    for y, ref in zip(got, run(model, {"x": x}, optimize=False)):
+        np.testing.assert_array_equal(y, ref)
+
+
 def test_failed_check_reason_reaches_the_build_info(tmp_path):
     info = tvm_backend.build(_resize_linear_model(), tvm_backend.detect_target(), tmp_path)
     reason = "resize2d method linear: only nearest-neighbor resizing copies integers"

@@ -23,6 +23,7 @@ from .registry import AFFINE, CLAMP, SITE, VIEW, NoMatch
 from .requantize import emit_float, requantizer
 
 NOT_QUANTIZED = "operands are not quantized"
+ITEM_OF = "item_of:"     # the pattern of a rule for one output of a tuple-valued op ("item_of:relax.split")
 NO_LOWERING = "no integer lowering (runs in float between dequantize and quantize)"
 
 
@@ -41,6 +42,7 @@ class Lowering:
         self.plans: dict = {}             # var -> Plan
         self.reasons: dict = {}           # var -> why its quantize (or the op feeding it) stays float
         self.absorbed: set = set()
+        self.shared: dict = {}            # var -> View of a value several views read (a split's tuple)
 
     # ------------------------------------------------------------------ generic helpers
     def value(self, expr):
@@ -151,6 +153,11 @@ class Lowering:
         val = self.bindings.get(expr)
         if val is None:
             return None
+        if isinstance(val, relax.TupleGetItem):     # one output of a tuple op (Split): ITEM_OF + the op
+            rule = registry.rule_for(ITEM_OF + (self.op_of(val.tuple_value) or ""), VIEW)
+            if rule is None or rule.check(self, val, expr) is not None:
+                return None
+            return rule.rewrite(self, val, expr, self.view(self.value(val.tuple_value).args[0]))
         name = compat.op_name(val)
         if name == "relax.dequantize":
             src = val.args[0]

@@ -156,6 +156,41 @@ class Pad(LayoutView):
 
 
 @rule
+class SplitItem(ViewRule):
+    """split(DQ(x))[i] == DQ(split(x)[i]): each part is a selection of elements. The integer split
+    is emitted once and each quantized part reads its item."""
+    pattern = ("item_of:relax.split",)
+    onnx = ("Split",)
+    lowers_to = "`split` of the int8/uint8 tensor (emitted once), each part an item of it"
+    conditions = "input quantized per tensor; each part keeps its scale and zero point"
+
+    def check(self, low, call, var):
+        if low.view(low.value(call.tuple_value).args[0]) is None:
+            return unquantized("split")
+        return None
+
+    def rewrite(self, low, call, var, inner: View) -> View:
+        tup = call.tuple_value
+        split = low.value(tup)
+        if tup not in low.shared:
+            attrs = split.attrs
+            sections = attrs.indices_or_sections
+            sections = int(sections) if isinstance(sections, int) or not hasattr(sections, "__len__") \
+                else [int(i) for i in sections]
+
+            def emit_split(e, inner=inner, sections=sections, axis=int(attrs.axis)):
+                return R.split(e.view_expr(inner), sections, axis=axis)
+
+            low.shared[tup] = View(tup, emit_split, inner.scale, inner.zp, inner.dtype, inner.sources)
+        parts, index = low.shared[tup], int(call.index)
+
+        def emit(e, parts=parts, index=index):
+            return relax.TupleGetItem(e.view_expr(parts), index)
+
+        return View(var, emit, inner.scale, inner.zp, inner.dtype, inner.sources, inner.ops + ["split"])
+
+
+@rule
 class Concat(SiteRule):
     """Q(concat(DQ_1(x_1), ..., DQ_n(x_n))) = concat(Q(DQ_1(x_1)), ..., Q(DQ_n(x_n))): each input is
     requantized to the output's scale and zero point, s_i / s_y * (x_i - z_i) + z_y (nothing to do
