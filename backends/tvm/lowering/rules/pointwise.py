@@ -93,8 +93,9 @@ def pointwise_chain(low, g):
         return fn
 
     def _build(expr):
-        if expr is not g and isinstance(expr, compat.Var) and low.view(expr) is not None:
-            if leaf and leaf[0] is not expr:
+        # (TVM objects: compare with ==, the same node can come back as another Python object)
+        if isinstance(expr, compat.Var) and not expr.same_as(g) and low.view(expr) is not None:
+            if leaf and not leaf[0].same_as(expr):
                 raise _NotPointwise("a pointwise chain of two quantized tensors")
             leaf[:] = [expr]
             return lambda x: x
@@ -183,9 +184,9 @@ def _chain_vars(low, top, leaf) -> set:
     out, stack = set(), [top]
     while stack:
         v = stack.pop()
-        if v is leaf or v in out or not isinstance(v, compat.Var) or v not in low.bindings:
+        if not isinstance(v, compat.Var) or v.same_as(leaf) or v in out or v not in low.bindings:
             continue
-        if low.cval(v) is not None:
+        if low.cval(v) is not None or low.view(v) is not None:
             continue
         out.add(v)
         val = low.value(v)
