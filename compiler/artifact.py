@@ -157,8 +157,7 @@ def onnx_runner(folder: Path, threads: int | None = None) -> _OrtRunner:
     from .backends import onnxruntime as ort_backend
 
     manifest = json.loads((Path(folder) / MANIFEST).read_text())
-    session = ort_backend.make_session(Path(folder) / QDQ_MODEL, threads=threads or default_threads(),
-                                       fuse_qdq=True)      # what onnxruntime gives its users
+    session = ort_backend.make_session(Path(folder) / QDQ_MODEL, threads=threads or default_threads())
     return _OrtRunner(session, [o["name"] for o in manifest["outputs"]])
 
 

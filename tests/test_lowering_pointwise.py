@@ -129,7 +129,7 @@ def test_plan_quantizes_a_pointwise_chain_at_its_ends_only():
     from conftest import config
 
     model, _ = _block_model()
-    plan = build_plan(ir.serde.deserialize_model(model), config())
+    plan = build_plan(ir.serde.deserialize_model(model), config(pointwise_tables=True))
     q = set(plan.activations)
     assert {"c1", "a1", "a2", "g4", "c4", "se", "d5", "g5", "c6", "m6"} <= q
     # inside a table (s1, l6), and a Div by a constant folded into the conv before it (c5)
@@ -147,7 +147,9 @@ def test_block_runs_on_integers_equal_to_onnxruntime(tmp_path):
     import qcc
 
     model, calib = _block_model()
-    res = compile_quiet(model, calib, target="llvm", out_dir=tmp_path / "art")
+    from conftest import config
+
+    res = compile_quiet(model, calib, target="llvm", out_dir=tmp_path / "art", config=config(pointwise_tables=True))
     backend = res.report["backend"]
     assert backend["float_fallback"] == [], backend["float_fallback"]
     assert backend["integer_ops"]["lookup_table"] == 5 and backend["integer_ops"]["multiply"] == 1, backend
@@ -164,6 +166,17 @@ def test_mul_by_a_negative_constant_is_a_table(tmp_path):
     model = _qdq_chain([N("Mul", ["xf", "neg"], ["y"])], TP.INT8, {"neg": -0.7})
     info = tvm_backend.build(model, tvm_backend.detect_target(), tmp_path)
     assert info["float_fallback"] == [] and info["integer_ops"] == {"lookup_table": 1}, info
+
+
+def test_pointwise_tables_are_off_by_default():
+    """By default a pointwise chain stays float between quantized layers (fidelity first)."""
+    import onnx_ir as ir
+
+    from conftest import config
+
+    model, _ = _block_model()
+    plan = build_plan(ir.serde.deserialize_model(model), config())
+    assert "pointwise" not in plan.roles.values() and "c1" not in plan.activations
 
 
 def test_two_tensor_chain_is_not_a_table():
