@@ -5,6 +5,7 @@ llvm build of the SAME QDQ graph (fashion-cnn on 8 samples, MobileNetV2 on 1).""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -174,6 +175,50 @@ def test_float_literals_are_made_exact():
     assert "0x1.2400000000000p+6f" in out
     with pytest.raises(QccError):
         c_source.exact_float_literals("z = 2.500000e+00f;", {v})
+    # the sign stays as printed and the magnitude is looked up; FLT_MAX needs no kernel constant;
+    # TVM's `inff` / `nanf` become C99's INFINITY / NAN
+    out, n = c_source.exact_float_literals("m = -3.402823e+38f; c = (a > -8.837626e+01f) ? a : -inff; d = nanf;",
+                                           {-88.37625885009766})
+    assert n == 2 and out == "m = -0x1.fffffe0000000p+127f; c = (a > -0x1.61814a0000000p+6f) ? a : -INFINITY; d = NAN;"
+
+
+def _cc_missing():
+    return [t for t in ("gcc", "make") if shutil.which(t) is None]
+
+
+@pytest.mark.skipif(bool(_cc_missing()), reason="the C tree is built with gcc and make")
+def test_c_tree_float_softmax_literals(tmp_path):
+    """A float Softmax between quantized tensors: TVM's fast_softmax starts its max reduction at
+    -FLT_MAX and clamps exp's argument at -88.376..., negative literals that once matched no constant
+    (`float literal 3.402823e+38f ... matches no constant`, MiniLM and PP-OCRv4 rec). The tree
+    prints every float32 literal in hex, computes the llvm build's bytes and onnxruntime's codes."""
+    from onnx import helper as oh
+
+    from conftest import make_model
+    from qcc.backends import onnxruntime as ort_backend
+
+    def qdq(x, s, z, out):
+        return ([oh.make_node("QuantizeLinear", [x, f"{out}_s", f"{out}_z"], [f"{out}_q"]),
+                 oh.make_node("DequantizeLinear", [f"{out}_q", f"{out}_s", f"{out}_z"], [out])],
+                {f"{out}_s": np.float32(s), f"{out}_z": np.uint8(z)})
+
+    n1, i1 = qdq("x", 0.02, 128, "xd")
+    n2, i2 = qdq("p", 1 / 256, 0, "y")
+    model = make_model(n1 + [oh.make_node("Softmax", ["xd"], ["p"], axis=-1)] + n2, [("x", [2, 3, 16])],
+                       [("y", [2, 3, 16])], {**i1, **i2}, opset=13)
+    info = c_source.build_c(model, tmp_path / "c")
+    assert [f["op"] for f in info["float_fallback"]] == ["nn.softmax"], info["float_fallback"]
+    kernels = (tmp_path / "c" / "c" / "kernels.c").read_text()
+    assert "-0x1.fffffe0000000p+127f" in kernels                     # -FLT_MAX, bit-exact
+    assert not re.search(r"(?<![\w.])\d\.\d{6}e[+-]\d{2,3}f", kernels)   # no 7-digit literal left
+    x = np.random.default_rng(3).uniform(-2.5, 2.5, (2, 3, 16)).astype(np.float32)
+    x[0, 0] = 0.0                                                       # a row of ties
+    (got,) = c_source.CRunner(tmp_path / "c").run({"x": x})
+    tvm_backend.build(model, tvm_backend.detect_target(), tmp_path / "llvm")
+    _bit_equal([got], tvm_backend.Runner(tmp_path / "llvm").run({"x": x}))
+    (ref,) = ort_backend.make_session(model).run(None, {"x": x})
+    assert got.shape == ref.shape
+    assert np.abs(np.round(got * 256) - np.round(ref * 256)).max() <= 1, np.abs(got - ref).max()
 
 
 # --- hexagon ----------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 import tempfile
 import time
@@ -193,7 +192,16 @@ def _align(n: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 _TVM_INCLUDES = re.compile(r'#include "tvm/[^"]+"\n')
+# TVM's C printer writes a float32 FloatImm as printf("%e") + "f": the sign is part of the text but
+# outside the capture (the literal's magnitude is looked up, the sign stays as printed), and infinity
+# and NaN come out as `inff` / `nanf`, which are no C identifiers.
 _FLOAT_LITERAL = re.compile(r"(?<![\w.])(\d\.\d{6}e[+-]\d{2,3})f")
+_NONFINITE_LITERAL = re.compile(r"(?<![\w.])(inf|nan)f(?![\w.])")
+_C99_NONFINITE = {"inf": "INFINITY", "nan": "NAN"}     # <math.h>, which TVM's kernels include
+# Values TVM's own lowering writes into kernels (fast_softmax's max starts at -FLT_MAX): candidates
+# beside the kernel's constants, so they come out bit-exact even where the script lacks them.
+FLOAT32_WELL_KNOWN = (float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny),
+                      float(np.finfo(np.float32).smallest_subnormal))
 
 
 _SCRIPT_FLOAT = re.compile(r"(?<![\w.])-?(?:\d+\.\d*(?:e[+-]?\d+)?|\d+e[+-]?\d+|inf|nan)(?![\w.])")
@@ -206,11 +214,17 @@ def _float_imms(func) -> set[float]:
 
 
 def exact_float_literals(src: str, values: set[float]) -> tuple[str, int]:
-    """Replace each 7-digit float32 literal by the hex literal of the constant it was printed from."""
+    """Replace each 7-digit float32 literal by the hex literal of the constant it was printed from.
+
+    7 digits do not tell neighbouring float32s apart, so a literal must match exactly one candidate
+    (the kernels' constants and FLOAT32_WELL_KNOWN) by magnitude, or the build stops: a literal
+    that matches none could be any of several floats. inf / NaN become C99's INFINITY / NAN."""
     by_text: dict[str, set[float]] = {}
-    for v in values:
-        f32 = struct.unpack("f", struct.pack("f", v))[0]
-        by_text.setdefault(f"{f32:.6e}", set()).add(f32)
+    with np.errstate(over="ignore"):
+        mags = {abs(float(np.float32(v))) for v in (*values, *FLOAT32_WELL_KNOWN)}
+    for f32 in mags:
+        if np.isfinite(f32):
+            by_text.setdefault(f"{f32:.6e}", set()).add(f32)
 
     replaced = 0
 
@@ -223,9 +237,10 @@ def exact_float_literals(src: str, values: set[float]) -> tuple[str, int]:
             raise QccError(f"internal error: float literal {m.group(0)} is ambiguous ({sorted(cands)})")
         (v,) = cands
         replaced += 1
-        return f"{float(v).hex()}f" if np.isfinite(v) else m.group(0)
+        return f"{v.hex()}f"
 
-    return _FLOAT_LITERAL.sub(sub, src), replaced
+    src = _FLOAT_LITERAL.sub(sub, src)
+    return _NONFINITE_LITERAL.sub(lambda m: _C99_NONFINITE[m.group(1)], src), replaced
 
 
 def kernels_source(mod, names: set[str]) -> tuple[str, dict]:
