@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--weight-budget", type=float, default=0.6,
                    help="mixed-precision pass: weight bytes as a fraction of int8 weight bytes (default 0.6)")
     c.add_argument("--power-of-two", action="store_true", help="round scales up to powers of two")
+    c.add_argument("--pointwise-tables", action="store_true",
+                   help="run pointwise chains (SiLU, HardSwish, GELU, Sigmoid, ...) on int8 as 256-entry tables: "
+                        "faster, but quantizes their inputs too (check the report's fidelity)")
     c.add_argument("--exclude", nargs="+", default=[], metavar="NODE|OP|/REGEX/",
                    help="keep these nodes float: node names, op types, or /regex/ on node names")
     c.add_argument("--override", nargs="+", default=[], metavar="TENSOR=SCHEME",
@@ -201,6 +204,7 @@ def _compile(args) -> int:
     config = QuantConfig(scheme=args.scheme, granularity=args.granularity, calibration=args.calibration,
                          percentile=args.percentile, power_of_two=args.power_of_two, exclude=list(args.exclude),
                          overrides=overrides, weight_budget=args.weight_budget,
+                         pointwise_tables=args.pointwise_tables,
                          passes=[p for p in args.passes.split(",") if p and p != "none"])
     model, calib, eval_data, labels = _resolve_inputs(args)
     progress = not args.quiet and sys.stderr.isatty()
