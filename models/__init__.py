@@ -2,7 +2,9 @@
 
 ``qcc.models.get("fashion-cnn")`` (bundled, trained Fashion-MNIST CNN), ``"mobilenetv2"``,
 ``"minilm"`` / ``"minilm-2layer"``, ``"ppocr-cls"`` and ``"ppocr-det"``; see
-:func:`qcc.models.zoo.get`.  Importing this package needs only numpy: torch and transformers
+:func:`qcc.models.zoo.get`.  The model suite for speed and coverage (MobileNetV3, EfficientNet,
+ResNet-50, ConvNeXt, YOLOv8n, DeiT, a TF-style graph, the real models above and PP-OCRv4 rec) is
+:mod:`qcc.models.suite` (docs/suite.md).  Importing this package needs only numpy: torch and transformers
 are imported inside the functions that export models.
 """
 
