@@ -27,16 +27,8 @@ from ..ir import Affine, Term, qparam_broadcast, rank_array, view_term
 from ..registry import AffineRule, NoMatch, rule
 
 
-@rule
-class Add(AffineRule):
-    """a + b = s_a * (a_q - z_a) + s_b * (b_q - z_b) for two views (two terms, an int64 fixed-point
-    sum with a shared shift at the quantize site); v + c for a constant c: the int32 bias
-    m * (t + k + b_q) when c = dequantize(b_q, m), else a real offset (fixed point at the site)."""
-    pattern = ("relax.add",)
-    onnx = ("Add",)
-    lowers_to = ("one int64 fixed-point sum with a shared shift (two quantized inputs); an int32 bias or "
-                 "fixed-point offset (a constant addend: bias of MatMul, paddle's Add(conv, c))")
-    conditions = "both inputs quantized per tensor, or one constant and the other an integer affine sum"
+class BinaryAffine(AffineRule):
+    """Add / Mul: two quantized inputs, or a constant and an affine sum (whose own rule decides)."""
 
     def check(self, low, call, var):
         a, b = call.args
@@ -46,16 +38,37 @@ class Add(AffineRule):
         if ca is not None or cb is not None:
             return None       # the other operand's own rule decides (rewrite raises its NoMatch)
         if low.view(a) is None or low.view(b) is None:
-            return "Add of a non-quantized operand"
+            return f"{self.onnx[0]} of a non-quantized operand"
         return None
+
+
+def constant_operand(low, call):
+    """(the constant operand, the other) of a binary call with one constant operand, else None."""
+    a, b = call.args
+    if low.cval(a) is not None:
+        return a, b
+    if low.cval(b) is not None:
+        return b, a
+    return None
+
+
+@rule
+class Add(BinaryAffine):
+    """a + b = s_a * (a_q - z_a) + s_b * (b_q - z_b) for two views (two terms, an int64 fixed-point
+    sum with a shared shift at the quantize site); v + c for a constant c: the int32 bias
+    m * (t + k + b_q) when c = dequantize(b_q, m), else a real offset (fixed point at the site)."""
+    pattern = ("relax.add",)
+    onnx = ("Add",)
+    lowers_to = ("one int64 fixed-point sum with a shared shift (two quantized inputs); an int32 bias or "
+                 "fixed-point offset (a constant addend: bias of MatMul, paddle's Add(conv, c))")
+    conditions = "both inputs quantized per tensor, or one constant and the other an integer affine sum"
 
     def rewrite(self, low, call, var, rank) -> Affine:
         a, b = call.args
-        ca = low.cval(a)
-        if ca is not None or low.cval(b) is not None:
-            c_expr, other = (a, b) if ca is not None else (b, a)
-            inner = low.affine(other, top=False)
-            return add_constant(low, inner, c_expr, rank, var)
+        split = constant_operand(low, call)
+        if split is not None:
+            c_expr, other = split
+            return add_constant(low, low.affine(other, top=False), c_expr, rank, var)
         terms = [view_term(v, "add") for v in (low.view(a), low.view(b))]
         return Affine(terms, None, rank, [var])
 
@@ -106,7 +119,7 @@ def int_bias(low, expr):
 
 
 @rule
-class Multiply(AffineRule):
+class Multiply(BinaryAffine):
     """Two quantized inputs, a product of integers:
 
         s_a (a - z_a) * s_b (b - z_b) = (s_a s_b) * ((a - z_a)(b - z_b))      (int32, broadcasting)
@@ -120,22 +133,11 @@ class Multiply(AffineRule):
     conditions = ("both inputs quantized per tensor, or one constant and the other an integer affine sum; "
                   "otherwise a pointwise chain of one tensor is a table (PointwiseTable)")
 
-    def check(self, low, call, var):
-        a, b = call.args
-        ca, cb = low.cval(a), low.cval(b)
-        if ca is not None and cb is not None:
-            return "constant expression"
-        if ca is not None or cb is not None:
-            return None       # the other operand's own rule decides (rewrite raises its NoMatch)
-        if low.view(a) is None or low.view(b) is None:
-            return "Mul of a non-quantized operand"
-        return None
-
     def rewrite(self, low, call, var, rank) -> Affine:
         a, b = call.args
-        ca = low.cval(a)
-        if ca is not None or low.cval(b) is not None:
-            c_expr, other = (a, b) if ca is not None else (b, a)
+        split = constant_operand(low, call)
+        if split is not None:
+            c_expr, other = split
             return scale_by(low, low.affine(other, top=False), low.cval(c_expr), rank, var)
         va, vb = low.view(a), low.view(b)
 

@@ -175,7 +175,8 @@ class PointwiseTable(SiteRule):
                 idx = e.emit(R.subtract(idx, compat.const(np.int32(q_lo))))
             return R.take(lut, idx, axis=0, mode="clip")   # in range by construction; "fast" warns
 
-        chain = [v for v in low.index.order if v in _chain_vars(low, var, view.var)]
+        inside = _chain_vars(low, var, view.var)
+        chain = [v for v in low.index.order if v in inside]
         return Plan(site.var, emit, list(view.sources), absorbed + chain, ["lookup_table"])
 
 
