@@ -188,7 +188,8 @@ def _cc_missing():
 
 @pytest.mark.skipif(bool(_cc_missing()), reason="the C tree is built with gcc and make")
 def test_c_tree_float_softmax_literals(tmp_path):
-    """A float Softmax between quantized tensors: TVM's fast_softmax starts its max reduction at
+    """A float Softmax between quantized tensors (over a middle axis: over the last one it is the int8
+    kernel of rules/norms.py): TVM's fast_softmax starts its max reduction at
     -FLT_MAX and clamps exp's argument at -88.376..., negative literals that once matched no constant
     (`float literal 3.402823e+38f ... matches no constant`, MiniLM and PP-OCRv4 rec). The tree
     prints every float32 literal in hex, computes the llvm build's bytes and onnxruntime's codes."""
@@ -204,7 +205,7 @@ def test_c_tree_float_softmax_literals(tmp_path):
 
     n1, i1 = qdq("x", 0.02, 128, "xd")
     n2, i2 = qdq("p", 1 / 256, 0, "y")
-    model = make_model(n1 + [oh.make_node("Softmax", ["xd"], ["p"], axis=-1)] + n2, [("x", [2, 3, 16])],
+    model = make_model(n1 + [oh.make_node("Softmax", ["xd"], ["p"], axis=1)] + n2, [("x", [2, 3, 16])],
                        [("y", [2, 3, 16])], {**i1, **i2}, opset=13)
     info = c_source.build_c(model, tmp_path / "c")
     assert [f["op"] for f in info["float_fallback"]] == ["nn.softmax"], info["float_fallback"]
