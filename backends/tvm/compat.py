@@ -24,6 +24,7 @@ per-target builds, the runtimes) goes through the helpers below.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from qcc.errors import QccError
+from qcc.threads import default_threads
 
 TVM_VERSION = "0.27.0.post1"
 FFI_VERSION = "0.1.14.post1"
@@ -58,6 +60,11 @@ def check_versions() -> dict[str, str | None]:
 
 
 check_versions()
+
+# TVM sizes its CPU pool once, at first use, capped at TVM_NUM_THREADS or else at half the logical
+# CPUs (it assumes hyper-threading: one worker on a 2-vCPU machine, and set_threads cannot raise it).
+# Unset, the cap becomes every CPU this process may use; set_threads narrows it per runner.
+os.environ.setdefault("TVM_NUM_THREADS", str(default_threads()))
 
 import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
