@@ -1,8 +1,9 @@
 """Canonicalization: bring any exported graph into the normal form the quantizer expects.
 
 opset upgrade (QDQ with per-axis scales needs 13, FP8 19, int4 21) -> unique names -> no-op removal ->
-shape inference + constant folding to a fixed point -> BatchNorm folding -> dead-code removal ->
-topological order. Every step preserves the float function; the tests compare outputs before/after.
+shape inference + constant folding to a fixed point -> LayerNorm fusion (decomposed ReduceMean / Sub /
+Pow / Sqrt / Div chains -> LayerNormalization, passes/fuse_layernorm.py; the opset is raised to 17 when
+one is found below it) -> BatchNorm folding -> dead-code removal -> topological order. Every step preserves the float function; the tests compare outputs before/after.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .errors import QccError
 from .passes.eliminate_noops import eliminate_noops
 from .passes.fold_batchnorm import fold_batchnorm
 from .passes.fold_constants import fold_constants
+from .passes.fuse_layernorm import LN_OPSET, find_layernorms, fuse_layernorms
 
 
 def canonicalize(model: ir.Model, min_opset: int = 13) -> tuple[ir.Model, dict]:
@@ -31,6 +33,7 @@ def canonicalize(model: ir.Model, min_opset: int = 13) -> tuple[ir.Model, dict]:
         if n == 0:
             break
     summary["constants_folded"] = folded
+    model = _fuse_layernorms(model, summary)
     summary["batchnorms_folded"] = fold_batchnorm(model)
     ir_passes.RemoveUnusedNodesPass()(model)
     ir_passes.TopologicalSortPass()(model)
@@ -38,6 +41,27 @@ def canonicalize(model: ir.Model, min_opset: int = 13) -> tuple[ir.Model, dict]:
     summary["opset"] = model.opset_imports.get("", 0)
     summary["nodes"] = sum(1 for _ in model.graph)
     return model, summary
+
+
+def _fuse_layernorms(model: ir.Model, summary: dict) -> ir.Model:
+    """Decomposed LayerNorms -> LayerNormalization; below opset 17 (the operator's first) the model is
+    upgraded first, and only when a match exists. GELU stays decomposed: a fused Gelu is standard
+    ONNX only from opset 20 (and com.microsoft's contrib Gelu is outside the QDQ contract); the
+    decomposed chain is what crossquant (its Mul(h, 0.5) site) and the pointwise tables read."""
+    matches, skipped = find_layernorms(model)
+    if matches and model.opset_imports.get("", 0) < LN_OPSET:
+        try:
+            model = upgrade_opset(model, LN_OPSET)
+        except QccError as exc:
+            summary["layernorms_fused"] = 0
+            summary["layernorms_skipped"] = {f"opset upgrade to {LN_OPSET} failed: {exc}"[:200]: len(matches)}
+            return model
+        _infer_shapes(model)
+        matches, skipped = find_layernorms(model)
+    summary["layernorms_fused"] = fuse_layernorms(model, matches) if matches else 0
+    if skipped:
+        summary["layernorms_skipped"] = skipped
+    return model
 
 
 def upgrade_opset(model: ir.Model, opset: int) -> ir.Model:
