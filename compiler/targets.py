@@ -1,15 +1,17 @@
-"""The target registry: one `Target` record per `qcc compile --target`, all of them in `TARGETS` below.
+"""The target registry: one `Target` record (qcc/target_record.py) per `qcc compile --target`, each
+declared in its own module under qcc/backends/targets/ and collected into `TARGETS` here.
 
 A record says what the target is called (name, aliases), which quantization schemes it lowers, what
 it builds into the artifact folder and with which tools, how that build is checked at compile time
 (tools, samples) and how `qcc.load` / `qcc run` run it. Its functions live with the backend code and
-are named here as "module:function", imported only when a compile or a run needs them, so listing
+are named in the record as "module:function", imported only when a compile or a run needs them, so listing
 the targets (`qcc --help`, `--target` choices) never imports TVM.
 
 The compiler asks this module and nothing else: `compile_model` calls `get`, `check_options` and
 `prepare`, its artifact writer `Build.build`; `qcc.load` calls `open_runner`; the CLI `choices` and
-`help_text`. Adding a target: its backend module (configure / build / runner functions, below),
-its tests, and one `Target(...)` entry in `TARGETS` (docs/targets.md, "The target registry").
+`help_text`. Adding a target: its record module in backends/targets/ (``TARGET = Target(...)``),
+its backend module (configure / build / runner functions, below) and its tests; nothing here
+changes (docs/targets.md, "The target registry").
 
 The functions a record names, and what they get:
 
@@ -24,90 +26,28 @@ The functions a record names, and what they get:
 from __future__ import annotations
 
 import importlib
-import shutil
+import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .backends import targets as _records
 from .errors import QccError
-
-INT8_SCHEMES = frozenset({"int8", "int8-sym", "uint8-sym"})
-FP8_SCHEMES = frozenset({"fp8-e4m3", "fp8-e5m2"})
+from .target_record import FP8_SCHEMES, INT8_SCHEMES, Target  # noqa: F401  (re-exported)
 
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    help: str                                  # --target help: what the artifact holds
-    aliases: tuple[str, ...] = ()              # other --target spellings (the manifest keeps the one given)
-    schemes: frozenset | None = None           # schemes it lowers (None: every scheme)
-    lowers: str = ""                           # refusal text: "target 'x' <lowers>; <schemes> needs <instead>"
-    instead: str = ""
-    output: str | None = None                  # what it builds ("a library (model.so)"); None: nothing to build
-    options: frozenset = frozenset()           # which of --tune / --arch it takes (--mcpu / --mattr: configure)
-    configure: str | None = None               # "module:function" (see the module docstring)
-    build: str | None = None
-    runner: str | None = None                  # None: nothing runs it
-    layout: str = "library"                    # how the manifest lists its files: "library" or "tree"
-    build_tools: tuple[str, ...] = ()          # programs its build needs on PATH
-    tools: tuple[str, ...] = ()                # programs its compile-time check needs (missing: built, not checked)
-    verify: str = ""                           # how a build is checked at compile time
-    samples: int = 0                           # samples it is checked on against onnxruntime
-
-    @property
-    def spellings(self) -> tuple[str, ...]:
-        return (self.name, *self.aliases)
-
-    def function(self, which: str) -> Callable:
-        """The configure / build / runner function this record names, imported now."""
-        ref = getattr(self, which)
-        if ref is None:
-            raise QccError(f"internal error: target {self.name!r} has no {which} function")
-        module, _, attr = ref.partition(":")
-        return getattr(importlib.import_module(module), attr)
-
-    def missing(self, tools: tuple[str, ...] | None = None) -> list[str]:
-        """The programs of `tools` (default: the check's) not on PATH."""
-        return [t for t in (self.tools if tools is None else tools) if shutil.which(t) is None]
-
-    def configure_target(self, options: "Options") -> dict | None:
-        return self.function("configure")(options) if self.configure else None
+def _discover() -> tuple[Target, ...]:
+    """Every `TARGET` declared by a module of qcc.backends.targets, in rank order."""
+    found = []
+    for info in pkgutil.iter_modules(_records.__path__):
+        module = importlib.import_module(f"{_records.__name__}.{info.name}")
+        record = getattr(module, "TARGET", None)
+        if record is not None:
+            found.append(record)
+    return tuple(sorted(found, key=lambda t: (t.rank, t.name)))
 
 
-_TVM = "qcc.backends.tvm"
-_TVM_SCHEMES = dict(schemes=INT8_SCHEMES | FP8_SCHEMES, lowers="lowers int8 and fp8 schemes",
-                    instead="--target onnx in this version (int4 tensors need explicit packing)")
-_EDGE_SCHEMES = dict(schemes=INT8_SCHEMES, lowers="lowers int8 schemes only", instead="--target onnx or llvm")
-_EDGE_HELP = "cross builds for edge boards and DSPs (docs/targets.md)"
-
-TARGETS: tuple[Target, ...] = (
-    Target("onnx", "QDQ ONNX run by onnxruntime",
-           runner="qcc.artifact:onnx_runner",
-           verify="nothing to check: onnxruntime on the QDQ graph is the reference"),
-    Target("llvm", "integer code built by TVM (model.so)", aliases=("x86-64",), **_TVM_SCHEMES,
-           output="a library (model.so)", options=frozenset({"tune"}),
-           configure=f"{_TVM}.target:configure", build=f"{_TVM}.native:build_llvm",
-           runner=f"{_TVM}.runtime:open_runner",
-           verify="run here, against onnxruntime", samples=16),
-    Target("cuda", "NVIDIA GPUs, with --arch (docs/cuda_fp8.md)", **_TVM_SCHEMES,
-           output="a library (model.so)", options=frozenset({"arch"}),
-           configure=f"{_TVM}.cuda:configure", build=f"{_TVM}.native:build_cuda",
-           runner=f"{_TVM}.runtime:open_runner", build_tools=("nvcc",),
-           verify="every kernel compiled by nvcc; run against onnxruntime where this machine has a GPU",
-           samples=16),
-    Target("aarch64", _EDGE_HELP, **_EDGE_SCHEMES, output="an artifact folder",
-           configure=f"{_TVM}.cross:configure_aarch64", build=f"{_TVM}.cross:build_aarch64_artifact",
-           runner=f"{_TVM}.cross:open_runner", layout="tree",
-           build_tools=("aarch64-linux-gnu-g++", "aarch64-linux-gnu-objdump"), tools=("qemu-aarch64",),
-           verify="run under qemu-aarch64, against onnxruntime", samples=2),
-    Target("c", _EDGE_HELP, **_EDGE_SCHEMES, output="an artifact folder",
-           configure=f"{_TVM}.c_source:configure", build=f"{_TVM}.c_source:build_artifact",
-           runner=f"{_TVM}.c_source:open_runner", layout="tree", tools=("gcc", "make"),
-           verify="the tree built with the host gcc and run, against onnxruntime", samples=2),
-    Target("hexagon", _EDGE_HELP, **_EDGE_SCHEMES, output="an artifact folder",
-           configure=f"{_TVM}.cross:configure_hexagon", build=f"{_TVM}.cross:build_hexagon_artifact",
-           layout="tree", verify="not checked: compile-only (no Hexagon runtime or simulator)"),
-)
+TARGETS: tuple[Target, ...] = _discover()
 
 
 def register(record: Target) -> None:

@@ -400,7 +400,7 @@ class CRunner(ArtifactIO):
 
 
 # ---------------------------------------------------------------------------------------------
-# The c target as the compiler drives it (its record: qcc/targets.py)
+# The c target as the compiler drives it (its record: qcc/backends/targets/c.py)
 # ---------------------------------------------------------------------------------------------
 
 def configure(options) -> dict:

@@ -279,7 +279,7 @@ class QemuRunner(ArtifactIO):
 
 
 # ---------------------------------------------------------------------------------------------
-# The aarch64 and hexagon targets as the compiler drives them (their records: qcc/targets.py)
+# The aarch64 and hexagon targets as the compiler drives them (their records: qcc/backends/targets/)
 # ---------------------------------------------------------------------------------------------
 
 def configure_aarch64(options) -> dict:

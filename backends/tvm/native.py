@@ -1,4 +1,4 @@
-"""The llvm / x86-64 and cuda targets as the compiler drives them (their records: qcc/targets.py).
+"""The llvm / x86-64 and cuda targets as the compiler drives them (their records: qcc/backends/targets/).
 
 Each builds model.so into the artifact folder (pipeline.build) and checks it against onnxruntime on
 the same QDQ graph on a few samples (runtime.Runner, exactness.end_to_end); a cuda build is checked
