@@ -73,6 +73,8 @@ class Pass:
     check       (config) -> None, or why the pass cannot run with it (a user error before any work)
     quantizer   (float ir.Model) -> an object with take(plan) / emit(qdq model) -> encodings
     after       passes this one must follow in its phase (it reads what they decided)
+    before      passes this one must precede in its phase (they read what it decides): the same
+                constraint as `after`, declared by the new pass so older ones need no edit
     reference   where the technique comes from
     """
 
@@ -91,6 +93,7 @@ class Pass:
     check: Callable[[Any], str | None] | None = None
     quantizer: Callable[[Any], Any] | None = None
     after: tuple[str, ...] = ()
+    before: tuple[str, ...] = ()
     reference: str = ""
 
     @property
@@ -157,11 +160,18 @@ def validate(config) -> None:
 
 
 def _run_order(records: list[Pass]) -> list[Pass]:
-    """Canonical order, each pass moved after the chosen passes it names in `after`."""
+    """Canonical order, each pass moved after the chosen passes it names in `after` and those that
+    name it in `before`."""
     pending, done, out = list(records), set(), []
     names = {p.name for p in records}
+
+    def ready(p: Pass) -> bool:
+        if any(a in names and a not in done for a in p.after):
+            return False
+        return not any(p.name in q.before for q in pending if q is not p)
+
     while pending:
-        p = next(p for p in pending if all(a in done or a not in names for a in p.after))
+        p = next(p for p in pending if ready(p))
         pending.remove(p)
         done.add(p.name)
         out.append(p)

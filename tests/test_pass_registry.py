@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,10 @@ def calib():
 
 def test_every_record_is_complete():
     records = registry.registry()
-    assert list(records) == registry.names() and len(records) == 11
+    declared = [m.name for m in pkgutil.iter_modules([str(ROOT / "passes")])
+                if "\nPASS = " in (ROOT / "passes" / f"{m.name}.py").read_text(encoding="utf-8")]
+    assert list(records) == registry.names() and {p.run_module for p in records.values()} == set(declared)
+    assert len(records) >= 11
     assert [p.order for p in records.values()] == sorted(p.order for p in records.values())
     for p in records.values():
         assert p.phase in registry.PHASES and p.summary and p.where, p.name
@@ -49,10 +53,16 @@ def test_every_record_is_complete():
 
 def test_run_order_follows_after():
     config = QuantConfig(passes=list(reversed(registry.names())))
-    assert [p.name for p in registry.chosen(config, "weights")] == ["mixed-precision", "adaround",
-                                                                    "bias-correction-analytic"]
-    assert [p.name for p in registry.chosen(config, "rewrite")] == ["equalization", "noisyquant", "smoothing",
-                                                                    "affinequant", "repquant", "crossquant"]
+    for phase in registry.PHASES:   # every pass after the ones it names in `after`, before those in `before`
+        order = [p.name for p in registry.chosen(config, phase)]
+        for i, p in enumerate(registry.chosen(config, phase)):
+            assert all(order.index(a) < i for a in p.after if a in order), (p.name, order)
+            assert all(order.index(b) > i for b in p.before if b in order), (p.name, order)
+    known = lambda phase, names: [p.name for p in registry.chosen(config, phase) if p.name in names]
+    assert known("weights", {"mixed-precision", "adaround", "bias-correction-analytic"}) == [
+        "mixed-precision", "adaround", "bias-correction-analytic"]
+    rewrite = ["equalization", "noisyquant", "smoothing", "affinequant", "repquant", "crossquant"]
+    assert known("rewrite", set(rewrite)) == rewrite
     # without mixed precision chosen, AdaRound still runs before the analytic shifts that read its weights
     config = QuantConfig(passes=["bias-correction-analytic", "adaround"])
     assert [p.name for p in registry.chosen(config, "weights")] == ["adaround", "bias-correction-analytic"]
