@@ -3,7 +3,9 @@
 opset upgrade (QDQ with per-axis scales needs 13, FP8 19, int4 21) -> unique names -> no-op removal ->
 shape inference + constant folding to a fixed point -> LayerNorm fusion (decomposed ReduceMean / Sub /
 Pow / Sqrt / Div chains -> LayerNormalization, passes/fuse_layernorm.py; the opset is raised to 17 when
-one is found below it) -> BatchNorm folding -> dead-code removal -> topological order. Every step preserves the float function; the tests compare outputs before/after.
+one is found below it) -> GELU normal form ((x * (1 + erf | tanh ...)) * 0.5, passes/gelu_form.py) ->
+BatchNorm folding -> dead-code removal -> topological order. Every step preserves the float function;
+the tests compare outputs before/after.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .errors import QccError
 from .passes.eliminate_noops import eliminate_noops
 from .passes.fold_batchnorm import fold_batchnorm
 from .passes.fold_constants import fold_constants
+from .passes.gelu_form import normalize_gelus
 from .passes.fuse_layernorm import LN_OPSET, find_layernorms, fuse_layernorms
 
 
@@ -34,6 +37,7 @@ def canonicalize(model: ir.Model, min_opset: int = 13) -> tuple[ir.Model, dict]:
             break
     summary["constants_folded"] = folded
     model = _fuse_layernorms(model, summary)
+    summary.update(normalize_gelus(model))
     summary["batchnorms_folded"] = fold_batchnorm(model)
     ir_passes.RemoveUnusedNodesPass()(model)
     ir_passes.TopologicalSortPass()(model)
@@ -45,9 +49,8 @@ def canonicalize(model: ir.Model, min_opset: int = 13) -> tuple[ir.Model, dict]:
 
 def _fuse_layernorms(model: ir.Model, summary: dict) -> ir.Model:
     """Decomposed LayerNorms -> LayerNormalization; below opset 17 (the operator's first) the model is
-    upgraded first, and only when a match exists. GELU stays decomposed: a fused Gelu is standard
-    ONNX only from opset 20 (and com.microsoft's contrib Gelu is outside the QDQ contract); the
-    decomposed chain is what crossquant (its Mul(h, 0.5) site) and the pointwise tables read."""
+    upgraded first, and only when a match exists. (GELU stays decomposed, in one normal form:
+    passes/gelu_form.py says why.)"""
     matches, skipped = find_layernorms(model)
     if matches and model.opset_imports.get("", 0) < LN_OPSET:
         try:

@@ -283,6 +283,7 @@ def test_smoothing_and_crossquant_change_a_decomposed_layernorm_transformer(bloc
     base = compile_quiet(proto, calib, eval_data=evals, target="onnx", config=config(passes=[]))
     r = compile_quiet(proto, calib, eval_data=evals, target="onnx", config=config(passes=[pass_name]))
     assert r.report["canonicalize"]["layernorms_fused"] == 2
+    assert r.report["canonicalize"]["gelus_reordered"] == 1
     (entry,) = [p for p in r.report["passes"] if p["name"] == pass_name]
     summary = entry["summary"]          # the report keeps a pass's scalar figures
     if pass_name == "smoothing":        # every smoothing site is a LayerNorm -> MatMul one
@@ -292,6 +293,8 @@ def test_smoothing_and_crossquant_change_a_decomposed_layernorm_transformer(bloc
         producers = {o: n.op_type for n in r.float_model.graph.node for o in n.output}
         ln_sites = [t for t in records if producers[t["tensor"]] == "LayerNormalization"]
         assert summary["sites"] == len(records) and len(ln_sites) >= 1
+        # paddle's GELU (x * 0.5) * (1 + erf) put in normal form: its * 0.5 is a site too
+        assert {producers[t["tensor"]] for t in records} == {"LayerNormalization", "Mul"}
     # the float rewrite is exact; the quantized outputs move
     assert max_rel_err(run(proto, evals)[0], run(r.float_model, evals)[0]) <= 1e-4
     q_base, q_pass = run(base.qdq_model, evals)[0], run(r.qdq_model, evals)[0]
@@ -306,3 +309,49 @@ def test_find_layernorms_reports_matches_on_the_decomposed_block(blocks):
     matches, skipped = fl.find_layernorms(raw)
     assert [m.eps_after_sqrt for m in matches] == [True, False] and skipped == {}
     assert matches[0].epsilon == pytest.approx(1e-10) and matches[1].epsilon == pytest.approx(1e-5)
+
+
+# ---- GELU normal form (passes/gelu_form.py) -------------------------------------------------------
+
+def _gelu_graph(form: str) -> onnx.ModelProto:
+    """x -> GELU (written as `form`) -> MatMul(W): the FFN's second linear layer reads the GELU."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in {
+        "half": 0.5, "one": 1.0, "sqrt2": np.sqrt(2.0), "inv_sqrt2": 1 / np.sqrt(2.0), "three": 3.0,
+        "c1": np.sqrt(2 / np.pi), "c2": 0.044715, "c15": 1.5,
+        "W": rng.standard_normal((8, 4)) / 3}.items()]
+    mk = helper.make_node
+    if form.startswith("erf"):
+        inner = [mk("Mul", ["x", "inv_sqrt2"], ["s"]) if form == "erf_mul" else
+                 mk("Div", ["x", "c15" if form == "erf_wrong_constant" else "sqrt2"], ["s"]),
+                 mk("Erf", ["s"], ["f"])]
+    else:
+        cube = [mk("Pow", ["x", "three"], ["x3"])] if form != "tanh_cubed_by_mul" else \
+            [mk("Mul", ["x", "x"], ["xx"]), mk("Mul", ["xx", "x"], ["x3"])]
+        inner = cube + [mk("Mul", ["c2", "x3"], ["cx3"]), mk("Add", ["x", "cx3"], ["u"]),
+                        mk("Mul", ["u", "c1"], ["s"]), mk("Tanh", ["s"], ["f"])]
+    inner.append(mk("Add", ["one", "f"], ["a"]))
+    if form in ("erf_torch", "erf_wrong_constant"):                 # (x * a) * 0.5
+        outer = [mk("Mul", ["x", "a"], ["xa"]), mk("Mul", ["xa", "half"], ["g"])]
+    elif form in ("erf_mul", "tanh"):                               # x * (0.5 * a)
+        outer = [mk("Mul", ["half", "a"], ["ha"]), mk("Mul", ["x", "ha"], ["g"])]
+    else:                                                           # (x * 0.5) * a
+        outer = [mk("Mul", ["x", "half"], ["xh"]), mk("Mul", ["xh", "a"], ["g"])]
+    graph = helper.make_graph(inner + outer + [mk("MatMul", ["g", "W"], ["y"])], form,
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 5, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5, 4])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize("form", ["erf_torch", "erf_mul", "erf_paddle", "tanh", "tanh_paddle", "tanh_cubed_by_mul",
+                                  "erf_wrong_constant"])
+def test_gelu_normal_form_gives_crossquant_its_site(form):
+    proto = _gelu_graph(form)
+    new, summary = _canon(proto)
+    recognised = form != "erf_wrong_constant"
+    assert summary["gelus"] == int(recognised)
+    assert summary["gelus_reordered"] == int(recognised and form != "erf_torch")
+    x = {"x": (np.random.default_rng(8).standard_normal((3, 5, 8)) * 3).astype(np.float32)}
+    assert max_rel_err(run(proto, x)[0], run(new, x)[0]) <= 1e-6
+    sites = cq.find_sites(ir.serde.deserialize_model(new))
+    assert [s.producer.op_type for s in sites] == ["Mul"]     # the * 0.5 that reads into the MatMul
