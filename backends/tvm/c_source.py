@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -329,30 +330,44 @@ def build_c(qdq_model, out_dir: Path, input_shapes: dict | None = None) -> dict:
 # Building and running the tree (host gcc, or aarch64 gcc under qemu)
 # ---------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Toolchain:
+    """The programs that build the tree for one CPU and run its qcc_main here."""
+    name: str
+    cc: str
+    ar: str
+    size: str
+    run: tuple[str, ...] = ()        # the emulator command line qcc_main runs under (none: natively)
+
+
 TOOLCHAINS = {
-    "host": {"CC": "gcc", "AR": "ar", "size": "size", "run": []},
-    "aarch64": {"CC": "aarch64-linux-gnu-gcc", "AR": "aarch64-linux-gnu-ar", "size": "aarch64-linux-gnu-size",
-                "run": ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]},
+    "host": Toolchain("host", "gcc", "ar", "size"),
+    "aarch64": Toolchain("aarch64", "aarch64-linux-gnu-gcc", "aarch64-linux-gnu-ar", "aarch64-linux-gnu-size",
+                         ("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu")),
 }
 
 
-def make(tree: Path, build: Path, toolchain: str = "host", cflags: str = "-O2") -> Path:
+def toolchain_of(toolchain: "str | Toolchain") -> Toolchain:
+    return TOOLCHAINS[toolchain] if isinstance(toolchain, str) else toolchain
+
+
+def make(tree: Path, build: Path, toolchain: "str | Toolchain" = "host", cflags: str = "-O2") -> Path:
     """Build the tree with its Makefile into `build`; returns the qcc_main path."""
-    tc = TOOLCHAINS[toolchain]
-    missing = [t for t in (tc["CC"], tc["AR"], "make", *tc["run"][:1]) if shutil.which(t) is None]
+    tc = toolchain_of(toolchain)
+    missing = [t for t in (tc.cc, tc.ar, "make", *tc.run[:1]) if shutil.which(t) is None]
     if missing:
-        raise QccError(f"building the C tree for {toolchain} needs {', '.join(missing)}")
-    cmd = ["make", "-s", "-C", str(tree), f"CC={tc['CC']}", f"AR={tc['AR']}", f"BUILD={build}", f"CFLAGS={cflags}"]
+        raise QccError(f"building the C tree for {tc.name} needs {', '.join(missing)}")
+    cmd = ["make", "-s", "-C", str(tree), f"CC={tc.cc}", f"AR={tc.ar}", f"BUILD={build}", f"CFLAGS={cflags}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise QccError(f"make of the C tree failed: {' | '.join((proc.stderr or proc.stdout).strip().splitlines()[-5:])}")
     return build / "qcc_main"
 
 
-def code_size(build: Path, toolchain: str = "host") -> dict:
+def code_size(build: Path, toolchain: "str | Toolchain" = "host") -> dict:
     """Bytes per object and section group from `size -A`: code (.text), rodata (weights, strings),
     data, bss (arena + workspace)."""
-    tool = TOOLCHAINS[toolchain]["size"]
+    tool = toolchain_of(toolchain).size
     groups = {"code": (".text",), "rodata": (".rodata",), "data": (".data",), "bss": (".bss",)}
     sizes = {}
     for name in ("model", "kernels", "qcc_runtime"):
@@ -372,12 +387,12 @@ def code_size(build: Path, toolchain: str = "host") -> dict:
 class CRunner(ArtifactIO):
     """Builds an artifact's C tree (host gcc, or aarch64 gcc + qemu) and runs its qcc_main."""
 
-    def __init__(self, folder, toolchain: str = "host", cflags: str = "-O2"):
+    def __init__(self, folder, toolchain: "str | Toolchain" = "host", cflags: str = "-O2"):
         self.folder = Path(folder)
         if not (self.folder / C_DIR / "Makefile").is_file():
             raise QccError(f"{self.folder} has no C tree ({C_DIR}/Makefile)")
         self.spec = json.loads((self.folder / IO_SPEC).read_text())
-        self.toolchain = toolchain
+        self.toolchain = toolchain_of(toolchain)
         self._tmp = tempfile.TemporaryDirectory(prefix="qcc-c-")
         self.build = Path(self._tmp.name)
         self.exe = make(self.folder / C_DIR, self.build, toolchain, cflags)
@@ -392,7 +407,7 @@ class CRunner(ArtifactIO):
             in_dir.mkdir()
             out_dir.mkdir()
             write_inputs(in_dir, arrays)
-            cmd = [*TOOLCHAINS[self.toolchain]["run"], str(self.exe), str(in_dir), str(out_dir), str(n_batches)]
+            cmd = [*self.toolchain.run, str(self.exe), str(in_dir), str(out_dir), str(n_batches)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise QccError(f"the C build failed to run: {proc.stderr.strip()[-300:]}")
