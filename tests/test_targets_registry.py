@@ -128,7 +128,7 @@ def test_cross_builds_match_the_native_build_bit_for_bit(fashion, tmp_path_facto
 # --- spellings, refusals, tools -------------------------------------------------------------
 
 def test_spellings_resolve():
-    assert targets.choices() == ["onnx", "llvm", "x86-64", "cuda", "aarch64", "c", "hexagon"]
+    assert targets.choices() == ["onnx", "llvm", "x86-64", "cuda", "aarch64", "c", "riscv64", "hexagon"]
     assert targets.get("x86-64") is targets.get("llvm")
     assert len(set(targets.choices())) == len(targets.choices())
     for record in targets.TARGETS:
@@ -144,7 +144,7 @@ def test_spellings_resolve():
 
 
 def test_unknown_target_error_text(tmp_path, fashion):
-    want = "unknown target 'tensorrt'; this build supports: onnx, llvm, x86-64, cuda, aarch64, c, hexagon"
+    want = "unknown target 'tensorrt'; this build supports: onnx, llvm, x86-64, cuda, aarch64, c, riscv64, hexagon"
     with pytest.raises(QccError) as exc:
         targets.get("tensorrt")
     assert str(exc.value) == want
