@@ -32,9 +32,9 @@ v / s_y falls within that rounding of a half-integer.
 from __future__ import annotations
 
 import numpy as np
-from tvm import te, tirx
 
 from ... import compat
+from ...compat import te, tirx
 from ..ir import Plan
 from ..registry import SiteRule, rule, unquantized
 
