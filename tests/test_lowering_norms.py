@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper as oh
 
-from conftest import make_model, run
+from conftest import compile_quiet, make_model, run
 
 tvm_backend = pytest.importorskip("qcc.backends.tvm")
 from qcc.backends.tvm import c_source  # noqa: E402
@@ -148,3 +148,26 @@ def test_c_tree_runs_the_kernels_bit_exact_with_llvm(tmp_path):
     assert got.dtype == ref.dtype and np.array_equal(got.view(np.uint8), ref.view(np.uint8))
     (ort,) = run(model, {"x": x}, optimize=False)
     assert np.abs(np.round(got * 256) - np.round(ort * 256)).max() <= 1
+
+
+def _attention(axis=-1):
+    """x -> MatMul -> Softmax -> MatMul: an attention block's probabilities with no additive mask."""
+    rng = np.random.default_rng(5)
+    inits = {"wq": (rng.normal(size=(32, 32)) / 2).astype(np.float32),
+             "wv": (rng.normal(size=(32, 8)) / 6).astype(np.float32)}
+    nodes = [N("MatMul", ["x", "wq"], ["s"], name="scores"), N("Softmax", ["s"], ["p"], axis=axis, name="softmax"),
+             N("MatMul", ["p", "wv"], ["y"], name="context")]
+    return make_model(nodes, [("x", [1, 16, 32])], [("y", [1, 16, 8])], inits, opset=17)
+
+
+def test_plan_quantizes_softmax_in_and_out_and_the_kernel_fires(tmp_path):
+    """The plan's norm role: a Softmax over the last axis whose output a MatMul reads is quantized at
+    its input too, so the compiled model runs it as the int8 kernel; over a middle axis it is not."""
+    calib = {"x": np.random.default_rng(6).normal(size=(8, 16, 32)).astype(np.float32)}
+    r = compile_quiet(_attention(), calib, target="llvm", out_dir=tmp_path / "a")
+    assert r.plan.roles["softmax"] == "norm", r.plan.roles
+    backend = r.report["backend"]
+    assert backend["integer_ops"].get("softmax") == 1, backend["integer_ops"]
+    assert not [f for f in backend["float_fallback"] if f["op"] == "nn.softmax"], backend["float_fallback"]
+    r2 = compile_quiet(_attention(axis=1), calib)
+    assert "softmax" not in r2.plan.roles and "softmax" in r2.plan.float_nodes
