@@ -14,9 +14,8 @@ from pathlib import Path
 
 from qcc.errors import QccError
 
-from . import exactness
-from .artifact_io import input_shapes_from
-from .c_source import CRunner, Toolchain, build_c
+from . import c_source
+from .c_source import CRunner, Toolchain
 
 SYSROOT = "/usr/riscv64-linux-gnu"
 RISCV64 = Toolchain("riscv64", "riscv64-linux-gnu-gcc", "riscv64-linux-gnu-ar", "riscv64-linux-gnu-size",
@@ -40,17 +39,10 @@ def configure(options) -> dict:
 
 
 def build_artifact(job) -> dict:
-    """Write the C tree into the artifact folder, then (the riscv64 gcc and qemu installed) build it
-    for rv64gc and run it on a few samples against onnxruntime on the same QDQ graph."""
-    info = build_c(job.qdq_model, job.folder, input_shapes=input_shapes_from(job.calib))
+    """The c target's build (c_source.build_artifact), checked with the riscv64 build under qemu."""
+    info = c_source.build_artifact(job, RiscvRunner, RISCV64.name)
     info["target"] = "riscv64"
-    job.log(f"{job.name} build: {info['build_s']:.1f} s, integer ops {info['integer_ops']}, "
-            f"{len(info['float_fallback'])} float fallbacks")
-
-    def code_size(runner, info):
-        info["code_size_riscv64"] = runner.sizes()
-
-    return exactness.check_with_runner(job, info, RiscvRunner, after_run=code_size)
+    return info
 
 
 def open_runner(folder: Path, threads: int | None = None) -> RiscvRunner:

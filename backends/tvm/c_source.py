@@ -427,17 +427,18 @@ def configure(options) -> dict:
     return {"kind": "c"}
 
 
-def build_artifact(job) -> dict:
-    """Write the tree into the artifact folder, then (gcc and make installed) build it with the host
-    compiler and run it on a few samples against onnxruntime on the same QDQ graph."""
+def build_artifact(job, runner=CRunner, toolchain: str = "host") -> dict:
+    """Write the tree into the artifact folder, then (its toolchain installed) build it with
+    `runner` (default: the host gcc) and run it on a few samples against onnxruntime on the same
+    QDQ graph; info["code_size_<toolchain>"] is what that build measured."""
     info = build_c(job.qdq_model, job.folder, input_shapes=input_shapes_from(job.calib))
     job.log(f"{job.name} build: {info['build_s']:.1f} s, integer ops {info['integer_ops']}, "
             f"{len(info['float_fallback'])} float fallbacks")
 
-    def code_size_host(runner, info):
-        info["code_size_host"] = runner.sizes()
+    def code_size(built, info):
+        info[f"code_size_{toolchain}"] = built.sizes()
 
-    return exactness.check_with_runner(job, info, CRunner, after_run=code_size_host)
+    return exactness.check_with_runner(job, info, runner, after_run=code_size)
 
 
 def open_runner(folder: Path, threads: int | None = None) -> CRunner:
