@@ -79,9 +79,11 @@ def _layers(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan: Quan
         ref = dict(zip(tensors, ref_sess.run(tensors, b)))
         q = dict(zip(tensors, q_sess.run(tensors, b)))
         for t in tensors:
-            r = ref[t].astype(np.float64)
-            signal[t] += float(np.sum(r * r))
-            noise[t] += float(np.sum((r - q[t]) ** 2))
+            # float32 dot products (BLAS accumulates in blocks): a dB figure needs no float64 copy
+            r = np.ascontiguousarray(ref[t], np.float32).ravel()
+            d = r - q[t].astype(np.float32, copy=False).ravel()
+            signal[t] += float(np.dot(r, r))
+            noise[t] += float(np.dot(d, d))
     for row in rows:
         t = row["output"]
         row["sqnr_db"] = float(10 * np.log10(signal[t] / noise[t])) if noise[t] > 0 and signal[t] > 0 else (

@@ -40,10 +40,11 @@ class TensorStats:
         x = np.asarray(x, dtype=np.float32)
         if x.size == 0:
             return
-        finite = np.isfinite(x)
-        if not finite.all():
+        lo, hi = float(x.min()), float(x.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # min / max propagate NaN and reach any inf
             # -inf / inf sentinels (attention masks) are counted and mark the range, but the
             # histogram and channel statistics see only the finite values
+            finite = np.isfinite(x)
             self.nonfinite += int(x.size - finite.sum())
             if np.isneginf(x).any():
                 self.min = -np.inf
@@ -54,14 +55,14 @@ class TensorStats:
                 self.min = min(self.min, float(x_finite.min()))
                 self.max = max(self.max, float(x_finite.max()))
                 self.count += x_finite.size
-                self._histogram(x_finite)
+                self._histogram(x_finite, float(np.abs(x_finite).max()))
             self._channels(np.where(finite, x, 0.0))
             return
-        self.min = min(self.min, float(x.min()))
-        self.max = max(self.max, float(x.max()))
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
         self.count += x.size
         self._channels(x)
-        self._histogram(x)
+        self._histogram(x, max(-lo, hi))  # = max |x|, without another pass
 
     def _channels(self, x: np.ndarray) -> None:
         axis = channel_axis(x.ndim)
@@ -80,15 +81,18 @@ class TensorStats:
             self.token_absmax_max = max(self.token_absmax_max, float(tok.max()))
             self.tokens += tok.size
 
-    def _histogram(self, x: np.ndarray) -> None:
-        amax = float(np.abs(x).max())
+    def _histogram(self, x: np.ndarray, amax: float) -> None:
         if self.hist_range == 0.0:
             self.hist_range = amax if amax > 0 else 1e-8
         while amax > self.hist_range:
             self._double_range()
         half = HIST_BINS // 2
         width = self.hist_range / half
-        idx = np.floor(x / width).astype(np.int64) + half
+        # bin = floor(x / width) + half, clipped; one float32 buffer, floored in place
+        scaled = np.divide(x, np.float32(width))
+        np.floor(scaled, out=scaled)
+        idx = scaled.astype(np.intp)
+        idx += half
         np.clip(idx, 0, HIST_BINS - 1, out=idx)
         self.hist += np.bincount(idx.ravel(), minlength=HIST_BINS)
 
