@@ -35,15 +35,19 @@ _FUSED_EXACT: bool | None = None
 
 
 def make_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None,
-                 optimize: bool = True, fuse_qdq: bool | None = None) -> ort.InferenceSession:
+                 optimize: bool = True, fuse_qdq: bool | None = None,
+                 few_runs: bool = False) -> ort.InferenceSession:
     """A CPU session that keeps the QDQ graph's meaning: onnxruntime's QDQ fusions (QLinearConv,
     MatMulIntegerToFloat, ...) only where they are exact on this CPU (fused_qdq_is_exact).
-    `fuse_qdq=True`: the fused graph whatever the CPU (what an onnxruntime user gets: latency)."""
+    `fuse_qdq=True`: the fused graph whatever the CPU (what an onnxruntime user gets: latency).
+    `few_runs=True`: a statistics session (a few batches, many outputs): no memory pattern, whose
+    planning on the first run costs more than it saves (MobileNetV2, all outputs: -10%)."""
     opts = ort.SessionOptions()
     if not (fused_qdq_is_exact() if fuse_qdq is None else fuse_qdq):
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
+    opts.enable_mem_pattern = not few_runs
     opts.log_severity_level = 3
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)

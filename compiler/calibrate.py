@@ -23,7 +23,8 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], feeds: dict[str, np.nd
     tensors = list(dict.fromkeys(tensors))
     graph_inputs = {i.name for i in model.graph.input}
     internal = [t for t in tensors if t not in graph_inputs]
-    session = ort_backend.make_session(ort_backend.with_outputs(model, internal), threads=threads)
+    session = ort_backend.make_session(ort_backend.with_outputs(model, internal), threads=threads,
+                                       few_runs=True)
     names = [o.name for o in session.get_outputs()]
     stats = {t: TensorStats() for t in tensors}
     total = n_samples(feeds)

@@ -29,8 +29,10 @@ from .trace import Trace
 
 def quantize(float_proto: onnx.ModelProto, config: QuantConfig, stats,
              bias_shift: dict[str, np.ndarray] | None = None,
-             weights: dict[str, np.ndarray] | None = None) -> tuple[ir.Model, QuantPlan, dict]:
-    """A fresh copy of the float graph -> (AdaRound weights, bias shift applied) -> plan -> qparams -> QDQ graph."""
+             weights: dict[str, np.ndarray] | None = None,
+             range_cache: dict | None = None) -> tuple[ir.Model, QuantPlan, dict]:
+    """A fresh copy of the float graph -> (AdaRound weights, bias shift applied) -> plan -> qparams -> QDQ graph.
+    `range_cache`: clipping ranges already chosen for these statistics (a bias shift changes no range)."""
     model = ir.serde.deserialize_model(float_proto)   # a copy: the float graph itself stays float
     if weights:
         from .passes import adaround
@@ -40,7 +42,7 @@ def quantize(float_proto: onnx.ModelProto, config: QuantConfig, stats,
         apply_shift(model, build_plan(model, config, stats).roles, bias_shift)
     plan = build_plan(model, config, stats)
     emit_runtime = runtime_quantizers(model, plan, config)
-    ranges = assign_qparams(plan, stats, config)
+    ranges = assign_qparams(plan, stats, config, range_cache)
     encodings = emit_qdq(model, plan, config.power_of_two)
     encodings.update(emit_runtime(model))
     for name, (lo, hi) in ranges.items():
@@ -56,8 +58,9 @@ def with_passes(float_model: ir.Model, float_proto: onnx.ModelProto, config: Qua
     the passes' overrides, QDQ model, plan, encodings)."""
     ctx = passes.PassContext(float_model, float_proto, config, calib, stats=stats)
     passes.run_phase("weights", ctx, trace)
-    ctx.quantized = quantize(float_proto, ctx.config, stats, ctx.analytic, ctx.weights)
-    ctx.requantize = lambda shift: quantize(float_proto, ctx.config, stats, shift, ctx.weights)
+    chosen: dict = {}   # the range search runs once; requantizing after a bias shift reuses it
+    ctx.quantized = quantize(float_proto, ctx.config, stats, ctx.analytic, ctx.weights, chosen)
+    ctx.requantize = lambda shift: quantize(float_proto, ctx.config, stats, shift, ctx.weights, chosen)
     passes.run_phase("correct", ctx, trace)
     return (ctx.config, *ctx.quantized)
 
@@ -79,15 +82,21 @@ def runtime_quantizers(model: ir.Model, plan: QuantPlan, config: QuantConfig):
     return emit
 
 
-def assign_qparams(plan: QuantPlan, stats, config: QuantConfig) -> dict[str, tuple[float, float]]:
-    """Clipping range -> (scale, zero point) for every quantized activation (shared groups use their root)."""
+def assign_qparams(plan: QuantPlan, stats, config: QuantConfig,
+                   cache: dict | None = None) -> dict[str, tuple[float, float]]:
+    """Clipping range -> (scale, zero point) for every quantized activation (shared groups use their root).
+    `cache` keeps chosen ranges by (tensor, type, symmetry) across calls on the same statistics and config."""
     ranges: dict[str, tuple[float, float]] = {}
+    cache = {} if cache is None else cache
     for name, spec in plan.activations.items():
         st = stats.get(spec.root)
         if st is None or st.count == 0:
             raise QccError(f"no calibration statistics for tensor {spec.root!r} (it was never computed)")
         if spec.root not in ranges:
-            ranges[spec.root] = select_range(st, config.calibration, spec.qtype, spec.symmetric, config.percentile)
+            key = (spec.root, spec.qtype, spec.symmetric)
+            if key not in cache:
+                cache[key] = select_range(st, config.calibration, spec.qtype, spec.symmetric, config.percentile)
+            ranges[spec.root] = cache[key]
         lo, hi = ranges[spec.root]
         spec.scale, spec.zero_point = range_to_qparams(lo, hi, spec.qtype, spec.symmetric, config.power_of_two)
         ranges[name] = (lo, hi)

@@ -93,7 +93,7 @@ def collect(float_model: onnx.ModelProto, points: dict, feeds: dict[str, np.ndar
     if not points:
         return {}
     names = sorted({tensor for tensor, _ in points.values()})
-    session = ort_backend.make_session(ort_backend.with_outputs(float_model, names))
+    session = ort_backend.make_session(ort_backend.with_outputs(float_model, names), few_runs=True)
     n_samples = len(next(iter(feeds.values())))
     limit = n_samples
     if all(isinstance(c, FirstSamples) for _, c in points.values()):

@@ -126,7 +126,7 @@ def measure_shift(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, site
     (tensor name -> channel axis), streamed over `feeds`."""
     model, shadow = shadow_model(float_model, qdq_model, sites)
     names = [n for pair in shadow.items() for n in pair]
-    session = ort_backend.make_session(ort_backend.with_outputs(model, names))
+    session = ort_backend.make_session(ort_backend.with_outputs(model, names), few_runs=True)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = dict.fromkeys(shadow, 0)
     for batch in ort_backend.batches(feeds, ort_backend.batch_size_for(float_model, batch_size)):
@@ -134,9 +134,11 @@ def measure_shift(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, site
         for name, shadow_name in shadow.items():
             r, q = outs[name], outs[shadow_name]
             axis = sites[name] % r.ndim
-            diff = (q.astype(np.float64) - r).swapaxes(axis, -1).reshape(-1, r.shape[axis])
-            sums[name] = sums.get(name, 0) + diff.sum(axis=0)
-            counts[name] += diff.shape[0]
+            others = tuple(i for i in range(r.ndim) if i != axis)
+            # reduced in place over the other axes: no transposed copy of the batch
+            diff = np.subtract(q, r, dtype=np.float64)
+            sums[name] = sums.get(name, 0) + diff.sum(axis=others)
+            counts[name] += diff.size // r.shape[axis]
     return {n: (sums[n] / counts[n]).astype(np.float32) for n in shadow if counts[n]}
 
 

@@ -63,7 +63,7 @@ def weight_scale(w: torch.Tensor, qmax: int, axis: int | None) -> torch.Tensor:
 def fake_quant_weight(w: torch.Tensor, qmax: int, axis: int | None) -> torch.Tensor:
     import torch
     s = weight_scale(w, qmax, axis)
-    return torch.clamp(torch.round(w / s), -qmax, qmax) * s
+    return torch.round(w / s).clamp_(-qmax, qmax).mul_(s)
 
 
 def fake_quant_act(x: torch.Tensor, lo: float, hi: float, levels: int = 255) -> torch.Tensor:
@@ -74,7 +74,8 @@ def fake_quant_act(x: torch.Tensor, lo: float, hi: float, levels: int = 255) -> 
         return x
     s = (hi - lo) / levels
     z = round(-lo / s)
-    return (torch.clamp(torch.round(x / s) + z, 0, levels) - z) * s
+    q = torch.round(x / s)  # then in place, the same operations in the same order: no temporaries
+    return q.add_(z).clamp_(0, levels).sub_(z).mul_(s)
 
 
 def weight_axis(node: ir.Node) -> int:
