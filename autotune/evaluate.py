@@ -15,12 +15,11 @@ calibrates just that tensor. The same config compiled by `compile_model` (with t
 size) therefore gives the same QDQ graph and the same fidelity: `TrialEvaluator.export` does exactly
 that to write the winning artifact.
 
-Loss (lower is better), one number per trial:
-    accuracy      with labels: 100 * (accuracy_fp32 - accuracy_quantized), in accuracy points
-    disagreement  without labels: 100 * (1 - agreement where FP32 max-probability >= 0.5), in points
-    kl            mean KL(FP32 || quantized) over the evaluation samples
-    cosine        100 * (1 - cosine(FP32, quantized)) for outputs that are not class scores
-"auto" picks accuracy with labels, else disagreement for [N, C] class scores, else cosine.
+Loss (lower is better), one number per trial: a metric of compiler/loss_metrics.py's registry
+(accuracy, disagreement, confident-disagreement, kl, cosine, ctc-line-exact, box-f1) or a user's
+MODULE:FUNCTION, on the FP32 and quantized outputs of the evaluation set. "auto" picks accuracy with
+labels, else confident-disagreement for [N, C] class scores, else cosine. A user metric is tried once
+at start (FP32 against itself), so an import error or a non-number fails before the first trial.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -43,13 +41,14 @@ from qcc.backends import onnxruntime as ort_backend
 from qcc.calibrate import calibrate
 from qcc.config import QuantConfig
 from qcc.data import validate_feeds
+from qcc import loss_metrics
 from qcc.errors import QccError
 from qcc.metrics import fidelity
 from qcc.plan import build_plan
 from qcc.statistics import TensorStats
 from qcc.trace import Trace
 
-LOSSES = ("auto", "accuracy", "disagreement", "kl", "cosine")
+LOSSES = (loss_metrics.AUTO, *loss_metrics.names())   # or a user's MODULE:FUNCTION
 CALIB_BATCH = 32          # fixed so statistics don't depend on which tensors are calibrated together
 LATENCY_RUNS = 30
 LATENCY_TVM = ("llvm", "x86-64")   # targets whose built library runs here; onnx latency is onnxruntime's
@@ -65,8 +64,8 @@ class TrialEvaluator:
     def __init__(self, model: str | Path, calib: dict[str, np.ndarray], eval_data: dict[str, np.ndarray] | None = None,
                  labels: np.ndarray | None = None, *, target: str = "onnx", loss: str = "auto",
                  latency: bool = False, calib_batch_size: int = CALIB_BATCH, mcpu: str | None = None):
-        if loss not in LOSSES:
-            raise QccError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
+        if loss not in LOSSES and ":" not in loss:
+            raise QccError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}, or give MODULE:FUNCTION")
         targets.get(target)   # QccError for an unknown target, naming those this build supports
         self.model = str(model)
         self.target, self.latency, self.mcpu = target, latency, mcpu
@@ -86,7 +85,12 @@ class TrialEvaluator:
         self._rewritten: dict[str, tuple[ir.Model, onnx.ModelProto, str]] = {}
         self._stats: dict[str, dict[str, TensorStats]] = {}
         self._reference: dict[str, list[np.ndarray]] = {}
-        self.loss = self._resolve_loss(loss)
+        self.loss = self._resolve_loss(loss)          # the metric's name (a user's: MODULE:FUNCTION)
+        self.metric = loss_metrics.resolve(self.loss)
+        if self.metric.user:                          # fail now, not as every trial's error
+            _, proto, digest = self.float_graph(self.with_batch(QuantConfig()))
+            ref = self.reference(proto, digest)
+            loss_metrics.evaluate(self.metric, ref, ref, self.labels)
 
     # ---- caches --------------------------------------------------------------------------------
     def _loaded(self, config: QuantConfig) -> stages.CompileState:
@@ -150,8 +154,9 @@ class TrialEvaluator:
         t0 = time.perf_counter()
         float_proto, qdq, digest = self.quantize(config)
         ref = self.reference(float_proto, digest)
-        outputs = fidelity(ref, self._run(qdq), self.output_names, self.labels)
-        metrics: dict[str, Any] = {"loss": loss_of(outputs, self.loss), "fidelity": outputs,
+        q = self._run(qdq)
+        outputs = fidelity(ref, q, self.output_names, self.labels)
+        metrics: dict[str, Any] = {"loss": loss_metrics.evaluate(self.metric, ref, q, self.labels), "fidelity": outputs,
                                    "size_bytes": qdq.ByteSize(), "size_ratio": qdq.ByteSize() / self.source_bytes}
         if self.latency:
             metrics["latency_ms"] = self.measure_latency(qdq)
@@ -179,42 +184,20 @@ class TrialEvaluator:
         same QDQ graph the trial measured)."""
         return pipeline.compile_model(self.model, self.calib, config=self.with_batch(config), target=self.target,
                                       eval_data=self.eval_data, labels=self.labels, out_dir=out_dir,
-                                      force=force, progress=False, mcpu=self.mcpu, log=log)
+                                      force=force, progress=False, mcpu=self.mcpu, log=log, metrics=[self.loss])
 
     def _resolve_loss(self, loss: str) -> str:
-        first = self._classifier_output()
-        if loss == "auto":
-            if self.labels is not None and first is not None:
-                return "accuracy"
-            return "disagreement" if first is not None else "cosine"
-        if loss == "accuracy" and (self.labels is None or first is None):
-            raise QccError("loss 'accuracy' needs --labels and a model with [N, C] class scores")
-        if loss in ("disagreement", "kl") and first is None:
-            raise QccError(f"loss {loss!r} needs a model output of [N, C] class scores")
-        return loss
-
-    def _classifier_output(self) -> str | None:
+        """loss with "auto" decided, checked against the model's outputs (on two samples)."""
         data = self.eval_data if self.eval_data is not None else self.calib
         session = ort_backend.make_session(self._base)
         outs = session.run(self.output_names, {k: v[:2] for k, v in data.items()})
-        for name, out in zip(self.output_names, outs):
-            if np.issubdtype(out.dtype, np.floating) and out.ndim == 2 and out.shape[1] > 1:
-                return name
-        return None
-
-
-def loss_of(outputs: dict[str, dict], kind: str) -> float:
-    """The trial's loss from per-output fidelity (see the module docstring)."""
-    for entry in outputs.values():
-        if kind == "accuracy" and "accuracy_drop_points" in entry:
-            return float(entry["accuracy_drop_points"])
-        if kind == "disagreement" and "agreement_confident" in entry:
-            v = entry["agreement_confident"]
-            return 100.0 * (1.0 - (v if not math.isnan(v) else entry["agreement"]))
-        if kind == "kl" and "kl" in entry:
-            return float(entry["kl"])
-    cos = [e["cosine"] for e in outputs.values() if "cosine" in e]
-    return 100.0 * (1.0 - min(cos)) if cos else float("inf")
+        if loss == loss_metrics.AUTO:
+            return loss_metrics.auto(outs, self.labels)
+        if loss in loss_metrics.METRICS:
+            reason = loss_metrics.METRICS[loss].needs(outs, self.labels)
+            if reason:
+                raise QccError(f"loss {loss!r} needs {reason}")
+        return loss
 
 
 def _median_ms(fn, warmup: int = 3, runs: int = LATENCY_RUNS) -> float:

@@ -64,7 +64,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import targets
+    from . import loss_metrics, targets
     from .config import CALIBRATIONS, GRANULARITIES, SCHEMES
 
     p = _Parser(prog="qcc", description="Graph-level quantization compiler")
@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--calib", help="calibration .npz (keys = input names, axis 0 = samples); zoo models bring their own")
     c.add_argument("--eval", dest="eval_path", help="evaluation .npz: adds FP32-vs-quantized fidelity to the report")
     c.add_argument("--labels", help=".npy of integer labels for the evaluation set (adds accuracy)")
+    c.add_argument("--metric", action="append", default=[], metavar="NAME|MODULE:FUNCTION",
+                   help="loss metrics to add to report.json's fidelity.metrics (repeatable or a comma list; "
+                        "lower is better; docs/autotune.md): " + ", ".join(loss_metrics.names())
+                        + ", or a user callable MODULE:FUNCTION / path/to/file.py:FUNCTION")
     c.add_argument("-o", "--output", required=True, help="artifact folder to create")
     c.add_argument("--force", action="store_true", help="replace an existing output folder")
     c.add_argument("--scheme", default="int8", choices=list(SCHEMES))
@@ -144,7 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--max-loss", type=float, default=float("inf"),
                    help="loss budget a config must meet to be exported (accuracy points with labels, else points "
                         "of confident top-1 disagreement with FP32; see docs/autotune.md)")
-    t.add_argument("--loss", default="auto", choices=["auto", "accuracy", "disagreement", "kl", "cosine"])
+    t.add_argument("--loss", default="auto", metavar="NAME|MODULE:FUNCTION",
+                   help="the loss --max-loss bounds (lower is better; docs/autotune.md): auto (accuracy with "
+                        "--labels, else confident-disagreement for [N, C] class scores, else cosine), "
+                        + ", ".join(loss_metrics.names())
+                        + ", or a user callable MODULE:FUNCTION / path/to/file.py:FUNCTION of (float_outputs, "
+                          "quantized_outputs, labels)")
     t.add_argument("--budget", type=int, default=20, help="number of trials (default 20)")
     t.add_argument("--objective", default="accuracy", choices=["accuracy", "size", "latency"])
     t.add_argument("--searcher", default="quantune", choices=["quantune", "grid", "random", "genetic"])
@@ -213,7 +222,7 @@ def _compile(args) -> int:
     result = compile_model(model, calib, config=config, target=args.target, eval_data=eval_data, labels=labels,
                            out_dir=args.output, force=args.force, progress=progress, mcpu=args.mcpu, log=log,
                            mattr=[f for f in args.mattr.split(",") if f] if args.mattr else None, arch=args.arch,
-                           tune_trials=args.tune, tune_minutes=args.tune_minutes)
+                           tune_trials=args.tune, tune_minutes=args.tune_minutes, metrics=args.metric)
     if not args.quiet:
         _summary(result.report, result.out_dir, time.perf_counter() - t0)
     return 0
@@ -276,6 +285,8 @@ def _summary(report: dict, out_dir, seconds: float) -> None:
         parts = [f"{k} {m[k]:.4f}" for k in ("accuracy_fp32", "accuracy_quantized", "agreement",
                                              "agreement_confident", "kl", "cosine", "sqnr_db") if k in m]
         print(f"  {name:<16} {', '.join(parts)}   ({fid['data']} set, {fid['samples']} samples)")
+    if fid.get("metrics"):
+        print("  loss metrics     " + ", ".join(f"{k} {v:.4g}" for k, v in fid["metrics"].items()))
     backend = report.get("backend")
     if backend:
         print(f"  TVM {backend['target']}: built in {backend['build_s']:.1f} s, integer ops "

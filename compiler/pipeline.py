@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import stages, targets
+from . import loss_metrics, stages, targets
 from .artifact import check_output_dir
 from .config import QuantConfig
 from .passes import registry as passes
@@ -43,9 +43,13 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
                   labels: np.ndarray | None = None, out_dir: str | Path | None = None, force: bool = False,
                   progress: bool = True, example_inputs: Any = None, mcpu: str | None = None,
                   log=None, mattr: list[str] | None = None, arch: str | None = None,
-                  tune_trials: int | None = None, tune_minutes: float | None = None) -> CompileResult:
+                  tune_trials: int | None = None, tune_minutes: float | None = None,
+                  metrics: list[str] | None = None) -> CompileResult:
+    """metrics: loss metrics (compiler/loss_metrics.py names or MODULE:FUNCTION) whose values the report
+    adds under fidelity.metrics."""
     config = config or QuantConfig()
     log = log or (lambda msg: None)
+    chosen = [loss_metrics.resolve(m) for m in loss_metrics.parse_list(metrics)]   # import errors: now
     passes.validate(config)   # unknown pass, a config it refuses, a missing optional package: before any work
     tune = targets.check_options(target, arch=arch, tune_trials=tune_trials, tune_minutes=tune_minutes,
                                  progress=progress)   # an unknown target, or a flag it does not take
@@ -55,6 +59,7 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
     backend = targets.prepare(target, config, out_dir, mcpu=mcpu, mattr=mattr, arch=arch, tune=tune, log=log)
 
     state = stages.CompileState(model, config, calib, eval_data, labels, example_inputs, progress, Trace(log))
+    state.metrics = chosen
     for key, stage in STAGES:
         with state.trace.timed(key):
             stage(state)

@@ -1,7 +1,8 @@
 """report.json: what was quantized and how, what stayed float and why, and what it cost.
 
 - fidelity: final outputs of the float vs the QDQ graph on the evaluation set (or the calibration
-  set, flagged, when no evaluation set is given) - see metrics.py.
+  set, flagged, when no evaluation set is given) - see metrics.py; fidelity.metrics: the loss of each
+  metric asked for (`qcc compile --metric`, loss_metrics.py), lower is better.
 - layers: one row per quantized node: op, role, weight type / granularity / scale range, input
   activation encoding, and the SQNR (dB) of the node's output, float graph vs QDQ graph, streamed
   over up to `sqnr_samples` samples (noise and signal energies are summed per batch, never stored).
@@ -17,13 +18,15 @@ from tqdm import tqdm
 
 from .backends import onnxruntime as ort_backend
 from .data import n_samples, subset
+from .loss_metrics import evaluate_all
 from .metrics import fidelity
 from .plan import QuantPlan
 
 
 def build_report(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan: QuantPlan,
                  encodings: dict[str, dict], calib: dict[str, np.ndarray], eval_data: dict[str, np.ndarray] | None,
-                 labels: np.ndarray | None, progress: bool = True, sqnr_samples: int = 32) -> dict:
+                 labels: np.ndarray | None, progress: bool = True, sqnr_samples: int = 32,
+                 metrics: list | None = None) -> dict:
     output_names = [o.name for o in float_model.graph.output]
     data, on = (eval_data, "evaluation") if eval_data is not None else (calib, "calibration")
     ref_sess = ort_backend.make_session(float_model)
@@ -44,6 +47,8 @@ def build_report(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan:
         "quantized_nodes": dict(Counter(plan.roles.values())),
         "unsupported_ops": sorted({op for op, why in plan.float_nodes.values() if why.startswith("no integer")}),
     }
+    if metrics:
+        report["fidelity"]["metrics"] = evaluate_all(metrics, ref, qq, labels if on == "evaluation" else None)
     return report
 
 

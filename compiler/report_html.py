@@ -155,6 +155,9 @@ def _fidelity(report: dict, manifest: dict) -> str:
     if data == "calibration":
         body += ("<p class='warn'>No evaluation set was given: these figures are measured on the calibration "
                  "data the ranges were fitted to, so they are optimistic. Pass <code>--eval</code>.</p>")
+    if isinstance(fid.get("metrics"), dict) and fid["metrics"]:   # qcc compile --metric (loss_metrics.py)
+        body += ("<p id='fidelity-metrics'>Loss metrics (lower is better): " + ", ".join(
+            f"<b>{esc(k)}</b> {fmt(v)}" for k, v in fid["metrics"].items()) + "</p>")
     if rows and outs:
         tab = table(headers, rows, num_cols=set(range(1, len(headers))), narrow=len(outs) < 4, table_id="fidelity-table")
         gloss = [(label, GLOSSARY[k]) for k, label in present if k in GLOSSARY]

@@ -69,6 +69,7 @@ class CompileState:
     plan: QuantPlan | None = None
     encodings: dict = field(default_factory=dict)
     # report / package
+    metrics: list = field(default_factory=list)   # loss_metrics.Metric records for report.fidelity.metrics
     report: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
     _float_proto: onnx.ModelProto | None = field(default=None, repr=False)
@@ -139,7 +140,7 @@ def quantize(state: CompileState) -> None:
 
 def report(state: CompileState) -> None:
     state.report = build_report(state.float_proto, state.qdq_proto, state.plan, state.encodings, state.calib,
-                                state.eval_data, state.labels, progress=state.progress)
+                                state.eval_data, state.labels, progress=state.progress, metrics=state.metrics)
     qdq_bytes = state.qdq_proto.ByteSize()
     state.report.update({
         "canonicalize": state.canon,
