@@ -6,6 +6,8 @@
 - layers: one row per quantized node: op, role, weight type / granularity / scale range, input
   activation encoding, and the SQNR (dB) of the node's output, float graph vs QDQ graph, streamed
   over up to `sqnr_samples` samples (noise and signal energies are summed per batch, never stored).
+- sensitivity: each layer alone quantized on the float graph's own inputs (sensitivity.py), ranked
+  lowest SQNR first; the layer rows carry it as `sensitivity_db` (local, where sqnr_db is accumulated).
 """
 
 from __future__ import annotations
@@ -49,7 +51,29 @@ def build_report(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan:
     }
     if metrics:
         report["fidelity"]["metrics"] = evaluate_all(metrics, ref, qq, labels if on == "evaluation" else None)
+    report["sensitivity"] = _sensitivity(float_model, qdq_model, plan, calib, report["layers"])
     return report
+
+
+SENSITIVITY_SAMPLES = 8
+
+
+def _sensitivity(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan: QuantPlan,
+                 calib: dict[str, np.ndarray], rows: list[dict]) -> dict:
+    """sensitivity.py's sweep (each layer alone quantized, on the float graph's own inputs), ranked
+    lowest first; each layer row it measured gets its local `sensitivity_db`. An analysis only: a
+    graph it cannot take leaves {"error": ...} in the report, not a failed compile."""
+    from .sensitivity import sweep
+
+    try:
+        result = sweep(float_model, qdq_model, plan.roles, calib, samples=SENSITIVITY_SAMPLES)
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", "layers": []}
+    local = {r["node"]: r["sqnr_db"] for r in result["layers"]}
+    for row in rows:
+        if row["node"] in local:
+            row["sensitivity_db"] = local[row["node"]]
+    return result
 
 
 def _layers(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan: QuantPlan,

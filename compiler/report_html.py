@@ -6,6 +6,8 @@
                      onnxruntime, threads) when there is one
     latency          `qcc bench` figures (report["bench"]) beside onnxruntime int8 / FP32, when measured
     per-layer SQNR   a chart in graph order, the worst 5 layers named and highlighted, the full table
+    sensitivity      each layer alone quantized on float inputs (compiler/sensitivity.py): a bar chart of
+                     the most sensitive layers, split into input-only and weight-only, and the ranking
     float nodes      what stayed float and why (the QDQ plan, and the TVM build's float fallbacks)
     op mix           integer vs float op counts (QDQ graph, TVM build), kernel time share when benchmarked
     passes           graph passes applied and what each measured
@@ -75,8 +77,8 @@ def render_compile_report(report: dict, manifest: dict) -> str:
 
 def _sections(report: dict, manifest: dict) -> list[str]:
     sections = []
-    for build in (_summary, _fidelity, _sqnr, _float_nodes, _op_mix, _backend, _latency, _passes, _timings,
-                  _config):
+    for build in (_summary, _fidelity, _sqnr, _sensitivity, _float_nodes, _op_mix, _backend, _latency, _passes,
+                  _timings, _config):
         try:
             sections.append(build(report, manifest))
         except Exception as exc:  # noqa: BLE001 - a malformed section must not cost the whole page
@@ -336,6 +338,69 @@ def _sqnr(report: dict, manifest: dict) -> str:
              + table(["#", "node", "op", "role", "weight", "input", "SQNR dB"], rows, num_cols={0, 6},
                      code_cols={1}, row_classes=classes, table_id="layer-table") + "</details>")
     return section("Per-layer SQNR", body, "layers")
+
+
+SENSITIVITY_SHOWN = 15
+
+
+def _sensitivity(report: dict, manifest: dict) -> str:
+    sens = report.get("sensitivity")
+    if not isinstance(sens, dict):
+        return ""   # a report from before the sweep
+    if sens.get("error"):
+        return section("Per-layer sensitivity", f"<p class='warn'>the sensitivity sweep did not run: "
+                       f"{esc(sens['error'])}</p>", "sensitivity")
+    rows = [r for r in sens.get("layers") or [] if isinstance(r, dict) and num(r.get("sqnr_db")) is not None
+            and not math.isnan(r["sqnr_db"])]
+    rows.sort(key=lambda r: r["sqnr_db"])
+    body = ("<p>Each layer quantized <b>alone</b>, the rest of the graph float: the SQNR of its output "
+            "(after its fused activation) when only its own input activations and weights are quantized, "
+            f"on the float graph's own activations ({fmt(sens.get('samples'))} calibration samples, "
+            f"{fmt(num(sens.get('seconds')), 3)} s). Unlike the per-layer SQNR above, nothing upstream "
+            "accumulates, so the lowest bars are the layers whose own quantization costs most: the first "
+            "candidates for int16 activations, per-channel weights or float.</p>")
+    if not rows:
+        return section("Per-layer sensitivity", body + "<p class='note'>no layers measured</p>", "sensitivity")
+    shown = rows[:SENSITIVITY_SHOWN]
+    finite = [v for r in shown for v in (r["sqnr_db"], num(r.get("input_sqnr_db")), num(r.get("weight_sqnr_db")))
+              if v is not None and math.isfinite(v)]
+    top = (max(finite) if finite else 60.0) + 6
+    bottom = min(0.0, min(finite) - 3) if finite else 0.0
+
+    def clip(v):
+        v = num(v)
+        return None if v is None or math.isnan(v) else top if v == math.inf else bottom if v == -math.inf else v
+
+    fig = new_figure(10.5, 0.9 + 0.28 * len(shown))
+    ax = fig.subplots()
+    ys = list(range(len(shown)))[::-1]     # worst at the top
+    ax.barh(ys, [clip(r["sqnr_db"]) - bottom for r in shown], left=bottom, height=0.62,
+            color=[WORST_COLOR if k < 5 else ROLE_COLORS[0] for k in range(len(shown))], label="layer alone quantized")
+    for key, marker, color, label in (("input_sqnr_db", "o", INTEGER_COLOR, "input activations only"),
+                                      ("weight_sqnr_db", "D", FLOAT_COLOR, "weights only")):
+        pts = [(clip(r.get(key)), y) for r, y in zip(shown, ys) if clip(r.get(key)) is not None]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, s=18, color=color, zorder=3,
+                       label=label)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([f"{short(r.get('node', '?'), 34)} ({r.get('op', '?')})" for r in shown], fontsize=7)
+    ax.set_xlim(bottom, top + 2)
+    ax.set_xlabel("local SQNR (dB), lower is more sensitive")
+    ax.legend(fontsize=7, ncol=3, loc="lower right", frameon=False)
+    style_axes(ax, "x")
+    body += chart(fig, "sensitivity-chart", f"the {len(shown)} most sensitive of {len(rows)} layers, lowest first; "
+                  "bar: input and weights quantized, markers: each alone (∞ dB drawn at the right edge)")
+    recovered = any(num(r.get("recovered_db")) is not None for r in rows)
+    table_rows = [[k + 1, r.get("node", "?"), r.get("op", "?"), r["sqnr_db"], r.get("input_sqnr_db"),
+                   r.get("weight_sqnr_db")] + ([r.get("recovered_db")] if recovered else [])
+                  for k, r in enumerate(rows)]
+    headers = ["rank", "node", "op", "alone dB", "input only dB", "weights only dB"] + (
+        ["kept float: output +dB"] if recovered else [])
+    body += ("<details><summary>all " + str(len(rows)) + " layers, most sensitive first</summary>"
+             + table(headers, table_rows, num_cols={0, 3, 4, 5, 6}, code_cols={1},
+                     table_id="sensitivity-table")
+             + "</details>")
+    return section("Per-layer sensitivity", body, "sensitivity")
 
 
 def _float_nodes(report: dict, manifest: dict) -> str:

@@ -164,7 +164,7 @@ def test_compile_writes_report_html(onnx_artifact, tmp_path):
     assert manifest["files"]["report_html"] == "report.html"
     text = (out / "report.html").read_text(encoding="utf-8")
     p = assert_self_contained(text)
-    assert_charts(p, {"sqnr-chart", "opmix-chart"})
+    assert_charts(p, {"sqnr-chart", "sensitivity-chart", "opmix-chart"})
     assert "could not be drawn" not in text
     cfg = manifest["config"]
     for fact in (cfg["scheme"], cfg["granularity"], cfg["calibration"], "calibration</b> set", "64</b> samples",
@@ -182,7 +182,7 @@ def test_compile_writes_report_html(onnx_artifact, tmp_path):
     table_html = text.split("id='pass-table'")[1].split("</table>")[0]
     assert "bias-correction" in table_html and f"layers = {bc['summary']['layers']}" in table_html
     if CHROMIUM.exists():
-        assert_browser_ok(out / "report.html", tmp_path / "b", 2)
+        assert_browser_ok(out / "report.html", tmp_path / "b", 3)
 
 
 def test_passes_recorded_in_order():
