@@ -394,13 +394,16 @@ def _inspect(args) -> int:
     cfg = art.manifest["config"]
     print(f"artifact {art.folder}  target {art.manifest['target']}  scheme {cfg['scheme']}  "
           f"{cfg['granularity']}  calibration {cfg['calibration']}")
-    print(f"{'node':<40} {'op':<14} {'role':<17} {'weight':<16} {'input':<22} {'SQNR dB':>8}")
+    # alone dB: the layer alone quantized on float inputs (report["sensitivity"]); SQNR dB: accumulated, QDQ graph
+    print(f"{'node':<40} {'op':<14} {'role':<17} {'weight':<16} {'input':<22} {'alone dB':>8} {'SQNR dB':>8}")
     for r in rows:
         w = r.get("weight")
         wtxt = f"{w['dtype']} {'pc' if w['granularity'] == 'per-channel' else 'pt'}" if w else "-"
         a = r.get("input")
         atxt = f"{a['dtype']} s={a['scale']:.3g} z={a['zero_point']:g}" if a else "-"
-        print(f"{r['node'][:40]:<40} {r['op']:<14} {r['role']:<17} {wtxt:<16} {atxt:<22} {r.get('sqnr_db', float('nan')):8.2f}")
+        alone = f"{r['sensitivity_db']:8.2f}" if isinstance(r.get("sensitivity_db"), (int, float)) else f"{'-':>8}"
+        print(f"{r['node'][:40]:<40} {r['op']:<14} {r['role']:<17} {wtxt:<16} {atxt:<22} {alone} "
+              f"{r.get('sqnr_db', float('nan')):8.2f}")
     for f in art.report.get("float_nodes", []):
         print(f"{f['node'][:40]:<40} {f['op']:<14} {'float':<17} {f['reason']}")
     return 0

@@ -383,10 +383,14 @@ def _sensitivity(report: dict, manifest: dict) -> str:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, s=18, color=color, zorder=3,
                        label=label)
     ax.set_yticks(ys)
-    ax.set_yticklabels([f"{short(r.get('node', '?'), 34)} ({r.get('op', '?')})" for r in shown], fontsize=7)
+    def label(r):   # the end of the full name: the block number tells MobileNet's many ".../conv.0.0/Conv" apart
+        name = str(r.get("node", "?")).lstrip("/")
+        return ("…" + name[-43:] if len(name) > 44 else name) + f" ({r.get('op', '?')})"
+
+    ax.set_yticklabels([label(r) for r in shown], fontsize=7)
     ax.set_xlim(bottom, top + 2)
     ax.set_xlabel("local SQNR (dB), lower is more sensitive")
-    ax.legend(fontsize=7, ncol=3, loc="lower right", frameon=False)
+    ax.legend(fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     style_axes(ax, "x")
     body += chart(fig, "sensitivity-chart", f"the {len(shown)} most sensitive of {len(rows)} layers, lowest first; "
                   "bar: input and weights quantized, markers: each alone (∞ dB drawn at the right edge)")

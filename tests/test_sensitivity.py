@@ -81,6 +81,18 @@ def test_fragile_layer_ranked_first(compiled):
     json.dumps(sens)
 
 
+def test_inspect_column(compiled, capsys):
+    from qcc.cli import main
+
+    res, _, out = compiled
+    assert main(["inspect", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[-4:] == ["alone", "dB", "SQNR", "dB"]
+    conv2 = next(ln for ln in lines if ln.startswith("conv2 "))
+    assert float(conv2.split()[-2]) == pytest.approx(res.report["sensitivity"]["layers"][0]["sqnr_db"], abs=0.01)
+    assert next(ln for ln in lines if ln.startswith("relu2 ")).split()[-2] == "-"
+
+
 def test_matches_numpy_reference(compiled):
     """conv2 alone: its input quantized with the manifest's (scale, zero point), its weights and bias
     dequantized from the QDQ graph's initializers, the conv in float64 numpy, vs the float graph."""
@@ -159,9 +171,14 @@ def test_bundled_model_quick():
         calib = {"input": z["input"][:64]}
     res = qcc.compile_model(str(bundled_model_path()), calib, target="onnx", progress=False)
     t = time.perf_counter()
-    out = sweep(res.float_model, res.qdq_model, res.plan.roles, calib, samples=16)
+    out = sweep(res.float_model, res.qdq_model, res.plan.roles, calib, samples=32)
     assert time.perf_counter() - t < 5
-    assert len(out["layers"]) >= 8 and out["samples"] == 16
+    assert len(out["layers"]) >= 8 and out["samples"] == 32
+    # the first conv reads the graph input: nothing accumulates before it, so its local figure is the
+    # report's float-vs-QDQ SQNR of its (Relu) output, measured there on the same 32 samples
+    first = next(r for r in out["layers"] if r["node"] == "/stem/stem.0/stem.0.0/Conv")
+    (relu,) = [r for r in res.report["layers"] if r["node"] == first["fused"][0]]
+    assert first["sqnr_db"] == pytest.approx(relu["sqnr_db"], abs=0.01)
     assert all(np.isfinite(r["sqnr_db"]) and r["sqnr_db"] > 20 for r in out["layers"])
     assert {r["node"] for r in out["layers"]} <= {r["node"] for r in res.report["layers"]}
     assert res.report["sensitivity"]["samples"] == 8
