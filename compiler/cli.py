@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="loss metrics to add to report.json's fidelity.metrics (repeatable or a comma list; "
                         "lower is better; docs/autotune.md): " + ", ".join(loss_metrics.names())
                         + ", or a user callable MODULE:FUNCTION / path/to/file.py:FUNCTION")
+    c.add_argument("--max-loss", type=float, metavar="L",
+                   help="raise the most sensitive layers' precision (int16 activations where the scheme allows, "
+                        "else float) until the evaluation loss of the first --metric (default auto) is at most L "
+                        "(docs/precision.md)")
     c.add_argument("-o", "--output", required=True, help="artifact folder to create")
     c.add_argument("--force", action="store_true", help="replace an existing output folder")
     c.add_argument("--scheme", default="int8", choices=list(SCHEMES))
@@ -222,7 +227,8 @@ def _compile(args) -> int:
     result = compile_model(model, calib, config=config, target=args.target, eval_data=eval_data, labels=labels,
                            out_dir=args.output, force=args.force, progress=progress, mcpu=args.mcpu, log=log,
                            mattr=[f for f in args.mattr.split(",") if f] if args.mattr else None, arch=args.arch,
-                           tune_trials=args.tune, tune_minutes=args.tune_minutes, metrics=args.metric)
+                           tune_trials=args.tune, tune_minutes=args.tune_minutes, metrics=args.metric,
+                           max_loss=args.max_loss)
     if not args.quiet:
         _summary(result.report, result.out_dir, time.perf_counter() - t0)
     return 0
@@ -287,6 +293,12 @@ def _summary(report: dict, out_dir, seconds: float) -> None:
         print(f"  {name:<16} {', '.join(parts)}   ({fid['data']} set, {fid['samples']} samples)")
     if fid.get("metrics"):
         print("  loss metrics     " + ", ".join(f"{k} {v:.4g}" for k, v in fid["metrics"].items()))
+    precision = report.get("precision")
+    if precision:
+        raised = Counter(r["to"] for r in precision["raised"])
+        print(f"  precision        {precision['metric']} loss {precision['int8_loss']:.4g} all-int8 -> "
+              f"{precision['loss']:.4g} (budget {precision['max_loss']:g}: {'met' if precision['met'] else 'NOT met'}); "
+              f"raised: {', '.join(f'{n} to {k}' for k, n in raised.items()) or 'none'}")
     backend = report.get("backend")
     if backend:
         print(f"  TVM {backend['target']}: built in {backend['build_s']:.1f} s, integer ops "

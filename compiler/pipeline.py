@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,15 @@ import onnx
 from . import loss_metrics, stages, targets
 from .artifact import check_output_dir
 from .config import QuantConfig
+from .errors import QccError
 from .passes import registry as passes
 from .plan import QuantPlan
 from .trace import Trace
 
 # (timings key, stage) in run order; package runs last, with the target's build
 STAGES = (("load_canonicalize_s", stages.load), (None, stages.check_data), (None, stages.rewrite),
-          ("calibrate_s", stages.calibrate), ("quantize_s", stages.quantize), ("report_s", stages.report))
+          ("calibrate_s", stages.calibrate), ("quantize_s", stages.quantize), ("precision_s", stages.precision),
+          ("report_s", stages.report))
 
 
 @dataclass
@@ -44,12 +48,15 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
                   progress: bool = True, example_inputs: Any = None, mcpu: str | None = None,
                   log=None, mattr: list[str] | None = None, arch: str | None = None,
                   tune_trials: int | None = None, tune_minutes: float | None = None,
-                  metrics: list[str] | None = None) -> CompileResult:
+                  metrics: list[str] | None = None, max_loss: float | None = None) -> CompileResult:
     """metrics: loss metrics (compiler/loss_metrics.py names or MODULE:FUNCTION) whose values the report
-    adds under fidelity.metrics."""
+    adds under fidelity.metrics. max_loss: raise layers' precision until the first metric's loss (auto
+    without one) is at most this (compiler/precision_search.py)."""
     config = config or QuantConfig()
     log = log or (lambda msg: None)
     chosen = [loss_metrics.resolve(m) for m in loss_metrics.parse_list(metrics)]   # import errors: now
+    if max_loss is not None and not (math.isfinite(max_loss) and max_loss >= 0):
+        raise QccError(f"--max-loss must be a finite number >= 0, got {max_loss}")
     passes.validate(config)   # unknown pass, a config it refuses, a missing optional package: before any work
     tune = targets.check_options(target, arch=arch, tune_trials=tune_trials, tune_minutes=tune_minutes,
                                  progress=progress)   # an unknown target, or a flag it does not take
@@ -60,6 +67,8 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
 
     state = stages.CompileState(model, config, calib, eval_data, labels, example_inputs, progress, Trace(log))
     state.metrics = chosen
+    if max_loss is not None:
+        state.max_loss, state.max_loss_metric = max_loss, chosen[0].name if chosen else loss_metrics.AUTO
     for key, stage in STAGES:
         with state.trace.timed(key):
             stage(state)

@@ -28,6 +28,7 @@ from pathlib import Path
 from .html_page import (FLOAT_COLOR, INTEGER_COLOR, ROLE_COLORS, WORST_COLOR, Raw, card, cards, chart, chart_style,
                         esc, fmt, fmt_bytes, get_in, new_figure, num, page, section, short, split, style_axes,
                         table)
+from .report_precision import precision_section
 
 # ---------------------------------------------------------------------------------------------- compile page
 
@@ -77,10 +78,12 @@ def render_compile_report(report: dict, manifest: dict) -> str:
 
 def _sections(report: dict, manifest: dict) -> list[str]:
     sections = []
-    for build in (_summary, _fidelity, _sqnr, _sensitivity, _float_nodes, _op_mix, _backend, _latency, _passes,
-                  _timings, _config):
+    for build in (_summary, _fidelity, precision_section, _sqnr, _sensitivity, _float_nodes, _op_mix, _backend,
+                  _latency, _passes, _timings, _config):
         try:
-            sections.append(build(report, manifest))
+            built = build(report, manifest)
+            if built:
+                sections.append(built)
         except Exception as exc:  # noqa: BLE001 - a malformed section must not cost the whole page
             sections.append(section(build.__name__.strip("_"), f"<p class='warn'>this section could not be "
                                     f"drawn from report.json: {esc(type(exc).__name__)}: {esc(exc)}</p>",

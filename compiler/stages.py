@@ -7,6 +7,8 @@
     calibrate    one streaming onnxruntime run: statistics of every tensor the plan may quantize
     quantize     "weights" passes -> plan -> qparams -> QDQ graph -> "correct" passes (quantize.py),
                  checked by onnx.checker
+    precision    with --max-loss: the most sensitive layers raised (int16 / float) until the loss meets
+                 the budget (precision_search.py)
     report       fidelity against the float graph, per-layer SQNR, sizes, the passes' figures
     package      the artifact folder, written atomically, with the target's build (targets.py) and
                  its check against onnxruntime, report.json / report.html and the manifest
@@ -28,6 +30,7 @@ import onnx
 import onnx_ir as ir
 
 from . import __version__
+from . import precision_search
 from . import quantize as quantizing
 from .artifact import (MANIFEST, QDQ_MODEL, REPORT, REPORT_HTML, file_sha256, save_json, save_model,
                        write_artifact)
@@ -70,6 +73,10 @@ class CompileState:
     encodings: dict = field(default_factory=dict)
     # report / package
     metrics: list = field(default_factory=list)   # loss_metrics.Metric records for report.fidelity.metrics
+    # precision
+    max_loss: float | None = None                 # --max-loss: the precision search's budget
+    max_loss_metric: str = "auto"
+    precision: dict | None = None
     report: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
     _float_proto: onnx.ModelProto | None = field(default=None, repr=False)
@@ -138,6 +145,12 @@ def quantize(state: CompileState) -> None:
         raise QccError(f"internal error: emitted QDQ model is invalid: {str(exc).splitlines()[0]}") from None
 
 
+def precision(state: CompileState) -> None:
+    """With a loss budget: raise the most sensitive layers' precision until the loss meets it."""
+    if state.max_loss is not None:
+        state.precision = precision_search.search(state, state.max_loss, state.max_loss_metric)
+
+
 def report(state: CompileState) -> None:
     state.report = build_report(state.float_proto, state.qdq_proto, state.plan, state.encodings, state.calib,
                                 state.eval_data, state.labels, progress=state.progress, metrics=state.metrics)
@@ -146,6 +159,7 @@ def report(state: CompileState) -> None:
         "canonicalize": state.canon,
         "timings": state.trace.timings,
         "passes": state.trace.passes,
+        **({"precision": state.precision} if state.precision else {}),
         "size": {"fp32_bytes": state.source_bytes, "qdq_bytes": qdq_bytes,
                  "ratio": qdq_bytes / state.source_bytes if state.source_bytes else None},
     })
