@@ -74,7 +74,9 @@ class Journal:
             self._append({"type": "run", **header})
             self.header = {"type": "run", **header}
             return
-        for field in ("model_sha256", "loss", "data_sha256"):
+        # loss_definitions: a journal of a qcc whose losses meant something else (before the metric
+        # registry, "disagreement" was the confident-sample figure) must not be resumed under the same name
+        for field in ("model_sha256", "loss", "loss_definitions", "data_sha256"):
             if field in header and self.header.get(field) != header[field]:
                 raise QccError(f"{self.path} belongs to another tuning run ({field} differs); "
                                "use a new output folder")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
-from qcc import extras
+from qcc import extras, loss_metrics
 from qcc.artifact import file_sha256, save_json
 from qcc.config import QuantConfig
 from qcc.errors import QccError
@@ -128,7 +128,8 @@ def tune(model: str, calib, eval_data=None, labels=None, *, out: str | Path, tar
     journal = Journal(out / JOURNAL)
     journal.start({"model": str(model), "model_sha256": file_sha256(Path(model)),
                    "data_sha256": data_digest(evaluator.calib, evaluator.eval_data, evaluator.labels),
-                   "loss": evaluator.loss, "target": target, "space": space.to_json(), "feature_names": names})
+                   "loss": evaluator.loss, "loss_definitions": loss_metrics.DEFINITIONS, "target": target,
+                   "space": space.to_json(), "feature_names": names})
     history: dict[int, tuple[float, float]] = {}
     for t in journal.trials:
         i = index.get(t["key"])

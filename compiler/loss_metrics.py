@@ -49,6 +49,7 @@ from .metrics import cosine, softmax
 
 Outputs = Sequence[np.ndarray]
 AUTO = "auto"
+DEFINITIONS = 2            # bumped whenever a built-in loss changes meaning: tuning journals record it
 SCORE_THRESHOLD = 0.25     # box-f1: a detection's class score must reach this
 NMS_IOU = 0.5              # box-f1: class-wise NMS suppresses overlaps above this
 MATCH_IOU = 0.5            # box-f1: FP32 and quantized detections match at or above this

@@ -127,6 +127,9 @@ def test_journal_tolerates_torn_line(tmp_path):
     assert len(lines) == 5 and all(json.loads(line) for line in lines)
     with pytest.raises(qcc.QccError, match="another tuning run"):
         Journal(j.path).start({"model_sha256": "b", "loss": "kl"})
+    # a journal written before the loss definitions changed (no loss_definitions): not resumed
+    with pytest.raises(qcc.QccError, match="loss_definitions differs"):
+        Journal(j.path).start({"model_sha256": "a", "loss": "kl", "loss_definitions": 2})
 
 
 def test_cost_model_ranks_held_out_configs():
