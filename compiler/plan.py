@@ -226,9 +226,16 @@ def _plan_once(model: ir.Model, config: QuantConfig, forced: dict[str, str]) -> 
             name = needed[name]
         return name
 
+    # a shared-scale group has one quantizer type: an override of any member (the MaxPool output a
+    # user names, say) is the group's, the root's own override first
+    group_scheme: dict[str, str] = {}
+    for name in needed:
+        if config.overrides.get(name, "float") != "float":
+            group_scheme.setdefault(root_of(name), config.overrides[name])
     for name in needed:
         root = root_of(name)
-        scheme = config.overrides.get(root, config.scheme)
+        scheme = config.overrides.get(root) if config.overrides.get(root, "float") != "float" else None
+        scheme = scheme or group_scheme.get(root, config.scheme)
         qtype, symmetric, _ = SCHEMES[scheme]
         plan.activations[name] = ActivationSpec(name, root, qtype, symmetric)
 

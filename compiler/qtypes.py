@@ -12,6 +12,7 @@ import onnx_ir as ir
 class QType(enum.Enum):
     INT8 = "int8"
     UINT8 = "uint8"
+    INT16 = "int16"
     INT4 = "int4"
     INT32 = "int32"
     FP8_E4M3 = "fp8-e4m3"
@@ -23,7 +24,7 @@ class QType(enum.Enum):
 
     @property
     def bits(self) -> int:
-        return {QType.INT4: 4, QType.INT32: 32}.get(self, 8)
+        return {QType.INT4: 4, QType.INT16: 16, QType.INT32: 32}.get(self, 8)
 
     @property
     def qmin(self) -> float:
@@ -43,13 +44,15 @@ class QType(enum.Enum):
 
     @property
     def min_opset(self) -> int:
-        """First ONNX opset whose QuantizeLinear/DequantizeLinear accept this type (with per-axis scales)."""
-        return {QType.INT4: 21, QType.FP8_E4M3: 19, QType.FP8_E5M2: 19}.get(self, 13)
+        """First ONNX opset whose QuantizeLinear/DequantizeLinear accept this type (with per-axis scales):
+        int16 / int4 21, FP8 19, int8 / uint8 13."""
+        return {QType.INT4: 21, QType.INT16: 21, QType.FP8_E4M3: 19, QType.FP8_E5M2: 19}.get(self, 13)
 
 
 _RANGES = {
     QType.INT8: (-128, 127),
     QType.UINT8: (0, 255),
+    QType.INT16: (-(2**15), 2**15 - 1),
     QType.INT4: (-8, 7),
     QType.INT32: (-(2**31), 2**31 - 1),
     QType.FP8_E4M3: (-448.0, 448.0),
@@ -58,6 +61,7 @@ _RANGES = {
 _NUMPY = {
     QType.INT8: np.int8,
     QType.UINT8: np.uint8,
+    QType.INT16: np.int16,
     QType.INT4: ml_dtypes.int4,
     QType.INT32: np.int32,
     QType.FP8_E4M3: ml_dtypes.float8_e4m3fn,
@@ -66,6 +70,7 @@ _NUMPY = {
 _IR = {
     QType.INT8: ir.DataType.INT8,
     QType.UINT8: ir.DataType.UINT8,
+    QType.INT16: ir.DataType.INT16,
     QType.INT4: ir.DataType.INT4,
     QType.INT32: ir.DataType.INT32,
     QType.FP8_E4M3: ir.DataType.FLOAT8E4M3FN,

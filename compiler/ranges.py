@@ -2,6 +2,13 @@
 
 Each method maps a tensor's `TensorStats` and its target type to a clipping range [lo, hi] with
 lo <= 0 <= hi (zero must be exactly representable: padding and ReLU outputs are zeros).
+
+16-bit types (int16 activations, W8A16): the histogram has HIST_BINS = 4096 bins over [-R, R], 16x
+coarser than int16's 65536 levels, so a bin center says nothing about its samples' rounding error.
+There, "mse" scores each candidate range by its clipping error on the histogram plus the uniform
+rounding noise step^2 / 12 of every sample inside it (resolution-independent), and "entropy" is
+minmax (a KL search over 32768 levels on 2048 bins per side cannot resolve a threshold; it already
+returned the full range). "percentile" is unchanged (a tail mass, whatever the type).
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ def select_range(stats: TensorStats, method: str, qtype: QType, symmetric: bool,
     elif method == "percentile":
         lo, hi = _percentile(stats, percentile, symmetric, lo, hi)
     elif method == "entropy":
-        lo, hi = _entropy_range(stats, qtype, symmetric, lo, hi)
+        if qtype.bits <= 8:
+            lo, hi = _entropy_range(stats, qtype, symmetric, lo, hi)
     elif method == "mse":
-        lo, hi = _mse(stats, qtype, symmetric, lo, hi)
+        lo, hi = (_mse if qtype.bits <= 8 else _mse_fine)(stats, qtype, symmetric, lo, hi)
     else:
         raise ValueError(method)
     if symmetric:
@@ -154,6 +162,32 @@ def _mse(stats: TensorStats, qtype: QType, symmetric: bool, lo: float, hi: float
             m = max(-a_lo, a_hi)
             a_lo, a_hi = (-m if a_lo < 0 else 0.0), m
         err = np.sum(counts * (fake_quantize(centers, a_lo, a_hi, qtype) - centers) ** 2)
+        if err < best:
+            best, best_alpha = err, alpha
+    return lo * best_alpha, hi * best_alpha
+
+
+def _mse_fine(stats: TensorStats, qtype: QType, symmetric: bool, lo: float, hi: float) -> tuple[float, float]:
+    """_mse for types finer than the histogram (int16): candidate [lo, hi] * alpha scored by
+    sum_bins count * (clip(c) - c)^2 (the clipped samples' error at their bin centers) plus
+    n_inside * step^2 / 12 (round-to-nearest noise of the samples in range, step from range_to_qparams)."""
+    from .qparams import range_to_qparams
+
+    edges = stats.bin_edges
+    centers = 0.5 * (edges[:-1] + edges[1:])
+    counts = stats.hist.astype(np.float64)
+    nz = counts > 0
+    centers, counts = centers[nz], counts[nz]
+    best, best_alpha = np.inf, 1.0
+    for alpha in np.linspace(0.2, 1.0, 81):
+        a_lo, a_hi = lo * alpha, hi * alpha
+        if symmetric:
+            m = max(-a_lo, a_hi)
+            a_lo, a_hi = (-m if a_lo < 0 else 0.0), m
+        scale, _ = range_to_qparams(a_lo, a_hi, qtype, symmetric)
+        clipped = np.clip(centers, a_lo, a_hi)
+        inside = counts[clipped == centers].sum()
+        err = np.sum(counts * (clipped - centers) ** 2) + inside * float(scale) ** 2 / 12.0
         if err < best:
             best, best_alpha = err, alpha
     return lo * best_alpha, hi * best_alpha

@@ -16,6 +16,7 @@ from .errors import QccError
 
 INT8_SCHEMES = frozenset({"int8", "int8-sym", "uint8-sym"})
 FP8_SCHEMES = frozenset({"fp8-e4m3", "fp8-e5m2"})
+W8A16_SCHEMES = frozenset({"w8a16"})     # int16 activations x int8 weights (the TVM lowering's int16 kernels)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from .lowering import lower_to_integer
 from .target import validate_target
 
 _ONNX_DTYPE = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32",
-               onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.BOOL: "bool",
+               onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT16: "int16",
+               onnx.TensorProto.BOOL: "bool",
                onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.DOUBLE: "float64"}
 
 

@@ -11,7 +11,8 @@ import numpy as np
 from ..fixedpoint import quantize_scalar
 from .registry import NoMatch
 
-QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-(2**15), 2**15 - 1)}
+INT32_MAX = 2**31 - 1
 SHAPE_ONLY_DTYPES = {"int64", "int32", "bool"}
 # FP8 QDQ graphs: qcc's encode / decode calls (fp8.py); the ops between them compute in float
 FP8_OP_PREFIX = "call_tir:qcc_fp8_"
@@ -37,6 +38,8 @@ class Term:
     k: np.ndarray                 # integer offset in term units, broadcastable (int64)
     sources: list
     kind: str                     # conv2d / matmul / view / mean / ...
+    acc_dtype: str = "int32"      # what emit returns for a heavy op: int32, or int64 (int16 operands, see below)
+    bound: int | None = None      # max |t| over every input (None: an int32 accumulator of int8 codes, unchecked)
 
 
 @dataclass
@@ -76,10 +79,23 @@ class Site:
         return (self.lo, self.hi) == QRANGE[self.dtype]
 
 
+def max_code(dtype: str) -> int:
+    """max |q| of an integer dtype's codes (128 for int8, 32768 for int16)."""
+    lo, hi = QRANGE[dtype]
+    return max(-lo, hi)
+
+
+def accumulator(bound: int) -> str:
+    """The accumulator dtype a sum of products needs when |acc| <= bound is all we can prove: int32
+    when bound < 2**31 (for an int16 x int8 layer: max|x| * max_o sum|w[o]| with the actual weight
+    codes and the full int16 range), else int64."""
+    return "int32" if bound <= INT32_MAX else "int64"
+
+
 def view_term(v: View, kind: str = "view") -> Term:
     """A view as an affine term: s * (x - zp)."""
     return Term(lambda e, v=v: e.view_expr(v), np.array(v.scale, np.float64), np.array(-v.zp, np.int64),
-                v.sources, kind)
+                v.sources, kind, bound=max_code(v.dtype))
 
 
 def rank_array(a, rank: int) -> np.ndarray:

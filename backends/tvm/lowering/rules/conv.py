@@ -1,4 +1,4 @@
-"""Convolutions: int8 / uint8 activation x constant int8 weight -> int32 accumulator.
+"""Convolutions: int8 / uint8 / int16 activation x constant int8 weight -> int32 (or int64) accumulator.
 
 With x_f = s_x * (x - z_x) and w_f[o] = s_w[o] * w[o] (symmetric per-output-channel weights),
 
@@ -6,6 +6,10 @@ With x_f = s_x * (x - z_x) and w_f[o] = s_w[o] * w[o] (symmetric per-output-chan
 
 where conv(1, w)[o] = sum(w[o]) away from the borders: one term with multiplier s_x * s_w[o] and
 integer offset -z_x * sum(w[o]) (the int32 bias). Zero padding of x_f is padding of x with z_x.
+
+int16 activations (W8A16): the same conv on int16 x int8 codes. |conv(x, w)[o]| <= max|x| * sum|w[o]|
+(the actual weight codes, max|x| = 32768 over the whole int16 range), so the accumulator is int32
+when max_o of that is < 2**31 (provably no overflow, whatever the input), else int64 (exact; slower).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import numpy as np
 
 from ... import compat
 from ...compat import R
-from ..ir import Affine, Term, int8_weight_problem, rank_array
+from ..ir import INT32_MAX, Affine, Term, accumulator, int8_weight_problem, max_code, rank_array
 from ..registry import AffineRule, Unquantized, rule, unquantized
 
 
@@ -26,9 +30,11 @@ class Conv2d(AffineRule):
     pattern = ("relax.nn.conv2d",)
     onnx = ("Conv",)
     lowers_to = ("uint8/int8 x int8 -> int32 `conv2d` (incl. depthwise / grouped), per-channel float32 "
-                 "requantization (MLAS order)")
-    conditions = ("NCHW / OIHW; activation quantized per tensor; constant int8 weight, zero point 0, scale per "
-                  "output channel; zp_x * sum(w) folded into the int32 bias (input padded with zp_x where needed)")
+                 "requantization (MLAS order); int16 x int8 (W8A16) -> int32 where max|x| * sum|w[o]| < 2^31, "
+                 "else int64")
+    conditions = ("NCHW / OIHW; activation quantized per tensor (int8 / uint8 / int16); constant int8 weight, zero "
+                  "point 0, scale per output channel; zp_x * sum(w) folded into the int32 bias (input padded with "
+                  "zp_x where needed)")
     float_sink = True
 
     def check(self, low, call, var):
@@ -54,6 +60,8 @@ class Conv2d(AffineRule):
         zx = x.zp
         pad_first = zx != 0 and any(padding)
         wconst = compat.const(wq, "int8")
+        bound = max_code(x.dtype) * int(np.abs(wq.reshape(O, -1).astype(np.int64)).sum(axis=1).max())
+        acc = accumulator(bound)
 
         def emit(e, x=x, padding=padding):
             data = e.view_expr(x)
@@ -63,12 +71,25 @@ class Conv2d(AffineRule):
                 data = e.emit(R.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx)))
                 pads = [0, 0, 0, 0]
             return R.nn.conv2d(data, wconst, strides=strides, padding=pads, dilation=dilation, groups=groups,
-                               out_dtype="int32")
+                               out_dtype=acc)
 
         m = rank_array((x.scale * sw).reshape(O, 1, 1), rank)
         k = rank_array((-zx * sum_w).reshape(O, 1, 1), rank)
         kind = "conv2d" if groups == 1 else ("depthwise_conv2d" if wq.shape[1] == 1 else "grouped_conv2d")
-        return Affine([Term(emit, m, k, x.sources, kind)], None, rank, [var])
+        kind += wide_suffix(x.dtype, acc)
+        return Affine([Term(emit, m, k, x.sources, kind, acc, bound)], None, rank, [var])
+
+
+def wide_suffix(dtype: str, acc: str) -> str:
+    """The integer-op kind's suffix for int16 operands (W8A16) and an int64 accumulator."""
+    return ("_w8a16" if dtype == "int16" else "") + ("_acc64" if acc == "int64" else "")
+
+
+def transpose_bound(x, wq: np.ndarray) -> int:
+    """max |conv2d_transpose(x, w)| over any input: max|x - z_x| (the int32 x int32 form subtracts it
+    first) times the largest sum of |w| feeding one output (all of it, a safe over-estimate)."""
+    per_out = np.abs(wq.astype(np.int64)).sum(axis=(0, 2, 3)).max()
+    return (max_code(x.dtype) + abs(x.zp)) * int(per_out)
 
 
 def conv_transpose_ones(wq: np.ndarray, groups: int, attrs: dict, in_hw, out_hw) -> np.ndarray:
@@ -114,7 +135,11 @@ class Conv2dTranspose(AffineRule):
         if w is None:
             return Unquantized("conv2d_transpose weight is not a constant quantized tensor")
         # output channel o = g * Og + j reads weight[g*I/g:(g+1)*I/g, j]: the scale must be per j (axis 1)
-        return int8_weight_problem(w, "conv2d_transpose", out_axis=1)
+        why = int8_weight_problem(w, "conv2d_transpose", out_axis=1)
+        if why is None and transpose_bound(low.view(call.args[0]), w[0]) > INT32_MAX:
+            return ("conv2d_transpose of int16 codes: max|x| * sum|w| reaches 2^31 (the int32 accumulator could "
+                    "overflow; no int64 form)")
+        return why
 
     def rewrite(self, low, call, var, rank) -> Affine:
         a = call.attrs
@@ -144,4 +169,5 @@ class Conv2dTranspose(AffineRule):
             return R.nn.conv2d_transpose(data, wconst, out_dtype="int32", **attrs)
 
         m = rank_array((x.scale * sw).reshape(O, 1, 1), rank)
-        return Affine([Term(emit, m, k, x.sources, "conv2d_transpose")], None, rank, [var])
+        return Affine([Term(emit, m, k, x.sources, "conv2d_transpose" + wide_suffix(x.dtype, "int32"), "int32",
+                            transpose_bound(x, wq))], None, rank, [var])

@@ -19,11 +19,13 @@ A product of two quantized inputs is one integer term, and a constant factor sca
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ... import compat
 from ...compat import R
-from ..ir import Affine, Term, qparam_broadcast, rank_array, view_term
+from ..ir import INT32_MAX, Affine, Term, max_code, qparam_broadcast, rank_array, view_term
 from ..registry import AffineRule, NoMatch, rule
 
 
@@ -89,7 +91,7 @@ def add_constant(low, inner: Affine, c_expr, rank: int, expr) -> Affine:
             m_b = bs_b = None
         if m_b is not None and np.allclose(bs_b, m_b, rtol=1e-6, atol=0):
             k = np.broadcast_arrays(rank_array(t.k, rank), bq_r)
-            new_t = Term(t.emit, t.m, k[0] + k[1], t.sources, t.kind)
+            new_t = dataclasses.replace(t, k=k[0] + k[1])
             return Affine([new_t], inner.offset, rank, inner.absorbed + [expr])
     off = c_r if inner.offset is None else rank_array(inner.offset, rank) + c_r
     return Affine(inner.terms, off, rank, inner.absorbed + [expr])
@@ -140,6 +142,10 @@ class Multiply(BinaryAffine):
             c_expr, other = split
             return scale_by(low, low.affine(other, top=False), low.cval(c_expr), rank, var)
         va, vb = low.view(a), low.view(b)
+        bound = (max_code(va.dtype) + abs(va.zp)) * (max_code(vb.dtype) + abs(vb.zp))
+        if bound > INT32_MAX:
+            raise NoMatch(f"Mul of {va.dtype} and {vb.dtype} codes (zero points {va.zp}, {vb.zp}): the int32 "
+                          "product could overflow")
 
         def emit(e, va=va, vb=vb):
             xa = centered(e, va)
@@ -147,7 +153,8 @@ class Multiply(BinaryAffine):
             return R.multiply(xa, xb)
 
         m = np.array(np.float64(va.scale) * np.float64(vb.scale))
-        return Affine([Term(emit, m, np.array(0, np.int64), va.sources + vb.sources, "multiply")], None, rank, [var])
+        return Affine([Term(emit, m, np.array(0, np.int64), va.sources + vb.sources, "multiply", bound=bound)], None,
+                      rank, [var])
 
 
 @rule
@@ -187,7 +194,7 @@ def scale_by(low, inner: Affine, c, rank: int, expr) -> Affine:
     c = rank_array(np.asarray(c, np.float64), rank)
     if not np.all(c > 0):
         raise NoMatch("scaling by a constant that is not positive")
-    terms = [Term(t.emit, rank_array(t.m, rank) * c, t.k, t.sources, "scale" if t.kind == "view" else t.kind)
+    terms = [dataclasses.replace(t, m=rank_array(t.m, rank) * c, kind="scale" if t.kind == "view" else t.kind)
              for t in inner.terms]
     off = None if inner.offset is None else rank_array(inner.offset, rank) * c
     return Affine(terms, off, rank, inner.absorbed + [expr])

@@ -62,6 +62,8 @@ def _row_problem(low, call, var, what: str):
     view = low.view(call.args[0])
     if view is None:
         return unquantized(what)
+    if view.dtype not in ("int8", "uint8"):
+        return f"{what} of {view.dtype} codes (the kernel's tables and int32 sums are for int8 / uint8)"
     shape = _static_shape(var)
     if shape is None or not shape:
         return f"{what}: dynamic or scalar shape"

@@ -131,6 +131,8 @@ def pointwise_chain(low, g):
         return "constant expression"
     if compat.tensor_shape(g) != compat.tensor_shape(leaf[0]):
         return "the pointwise chain broadcasts its input"
+    if low.view(leaf[0]).dtype not in ("int8", "uint8"):
+        return f"pointwise chain of {low.view(leaf[0]).dtype} codes (tables are 256-entry, int8 / uint8 inputs)"
     return low.view(leaf[0]), f
 
 

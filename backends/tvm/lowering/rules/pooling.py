@@ -13,7 +13,7 @@ import numpy as np
 
 from ... import compat
 from ...compat import R
-from ..ir import Affine, Term, rank_array
+from ..ir import INT32_MAX, Affine, Term, max_code, rank_array
 from ..registry import AffineRule, rule, unquantized
 from .views import LayoutView
 
@@ -65,6 +65,9 @@ class Mean(AffineRule):
         shape = compat.tensor_shape(call.args[0])
         if not all(isinstance(shape[i], int) for i in self.axes(call)):
             return "mean over a dynamic dimension"
+        n = int(np.prod([shape[i] for i in self.axes(call)]))
+        if n * max_code(low.view(call.args[0]).dtype) > INT32_MAX:
+            return f"mean of {n} {low.view(call.args[0]).dtype} codes: the int32 sum could overflow"
         return None
 
     def rewrite(self, low, call, var, rank) -> Affine:
@@ -79,7 +82,7 @@ class Mean(AffineRule):
 
         m = np.array(x.scale / n, np.float64)
         k = np.array(-x.zp * n, np.int64)
-        return Affine([Term(emit, m, k, x.sources, "mean")], None, rank, [var])
+        return Affine([Term(emit, m, k, x.sources, "mean", bound=n * max_code(x.dtype))], None, rank, [var])
 
 
 @rule
@@ -135,4 +138,5 @@ class AvgPool2d(AffineRule):
         m = rank_array((x.scale / divisor).astype(np.float64), rank)
         k = rank_array(-x.zp * count, rank)
         # k is in *sum* units only where divisor == count; (t + k) * m is still exact: sum(x - zx) = t - zx*count
-        return Affine([Term(emit, m, k, x.sources, "avg_pool2d")], None, rank, [var])
+        return Affine([Term(emit, m, k, x.sources, "avg_pool2d", bound=kh * kw * max_code(x.dtype))], None, rank,
+                      [var])
