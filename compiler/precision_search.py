@@ -35,7 +35,9 @@ from tqdm import tqdm
 from . import loss_metrics
 from . import quantize as quantizing
 from .backends import onnxruntime as ort_backend
+from .calibrate import calibrate
 from .config import SCHEMES, QuantConfig
+from .plan import build_plan
 from .sensitivity import find_layers, sweep
 from .trace import Trace
 
@@ -50,7 +52,8 @@ class Rung:
     name: str
     cost: float
     raise_layer: Callable[[QuantConfig, dict], QuantConfig]
-    available: Callable[[QuantConfig, int], bool]    # (config, the float graph's opset)
+    available: Callable[[QuantConfig], bool]
+    scheme: str | None = None       # the scheme its layers take (None: float), for the opset it needs
 
 
 def _as_float(config: QuantConfig, layer: dict) -> QuantConfig:
@@ -66,14 +69,21 @@ def _as_int16(config: QuantConfig, layer: dict) -> QuantConfig:
 
 # cheapest first; int16 x int8 costs about two int8 MACs (twice the bytes per activation, half the
 # lanes per multiply), a float MAC about four (FP32 vs int8 vector throughput on AVX2 / VNNI)
-RUNGS = (Rung("w8a16", 2.0, _as_int16,
-              lambda c, opset: "w8a16" in SCHEMES and c.scheme == "int8" and opset >= _min_opset("w8a16")),
-         Rung("float", 4.0, _as_float, lambda c, opset: True))
+RUNGS = (Rung("w8a16", 2.0, _as_int16, lambda c: c.scheme == "int8", "w8a16"),
+         Rung("float", 4.0, _as_float, lambda c: True))
 
 
-def _min_opset(scheme: str) -> int:
+def _min_opset(scheme: str | None) -> int:
+    if scheme is None:
+        return 0
     act, _, weight = SCHEMES[scheme]
     return max(act.min_opset, weight.min_opset)
+
+
+def ladder_opset(config: QuantConfig) -> int:
+    """The opset the float graph needs so that every rung open to `config` can be emitted (int16 Q / DQ:
+    21): the load stage canonicalizes to it when a loss budget is given."""
+    return max((_min_opset(r.scheme) for r in RUNGS if r.available(config)), default=0)
 
 
 def layer_macs(model: onnx.ModelProto) -> dict[str, int]:
@@ -140,6 +150,12 @@ def search(state, max_loss: float, metric_spec: str = loss_metrics.AUTO, log=Non
         config = base_config
         for layer in layers[:k]:
             config = rung.raise_layer(config, layer)
+        # a float layer can make a tensor a shared-scale root that the int8 plan never calibrated
+        missing = sorted(build_plan(state.float_model, config).roots() - set(state.stats))
+        if missing:
+            state.stats.update(calibrate(state.float_proto, missing, state.calib,
+                                         batch_size=config.calib_batch_size, memory_mb=config.calib_memory_mb,
+                                         progress=False))
         config, model, plan, encodings = quantizing.with_passes(state.float_model, state.float_proto, config,
                                                                 state.stats, state.calib, Trace())
         proto = ir.to_proto(model)
@@ -150,7 +166,7 @@ def search(state, max_loss: float, metric_spec: str = loss_metrics.AUTO, log=Non
 
     chosen = None
     opset = next((o.version for o in state.float_proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    for rung in (r for r in RUNGS if r.available(base_config, opset)):
+    for rung in (r for r in RUNGS if r.available(base_config) and opset >= _min_opset(r.scheme)):
         passing, failing, k = None, 0, 1
         while k <= len(layers):          # doubling: the first k under the budget
             loss, built = trial(rung, k)

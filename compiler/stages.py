@@ -102,7 +102,10 @@ def min_opset(config: QuantConfig) -> int:
 def load(state: CompileState) -> None:
     model = load_model(state.source, state.example_inputs)
     state.source_hash = file_sha256(Path(state.source)) if isinstance(state.source, (str, Path)) else None
-    state.float_model, state.canon = canonicalize(model, min_opset=min_opset(state.config))
+    opset = min_opset(state.config)
+    if state.max_loss is not None:   # the precision search may emit int16 Q / DQ
+        opset = max(opset, precision_search.ladder_opset(state.config))
+    state.float_model, state.canon = canonicalize(model, min_opset=opset)
     state._float_proto = None
     state.specs = input_specs(state.float_model)
     state.source_bytes = state.float_proto.ByteSize()
