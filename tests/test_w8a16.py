@@ -228,15 +228,20 @@ def _assert_layerwise(lw, min_exact=0.995):
 
 def test_llvm_convnet_w8a16_is_integer_and_exact(tmp_path, target):
     """Whole-model w8a16: conv / depthwise / conv (int64 accumulator: 576 * 127 * 32768 > 2^31) /
-    mean / Gemm as int16 x int8 integer kernels, no float fallback."""
+    mean / Gemm as int16 x int8 integer kernels, no float fallback; on AVX2 / VNNI the split convs
+    run on the packed uint8 kernels."""
     model, calib, feeds = _convnet(), {"x": _x(32)}, {"x": _x(6)}
     q, info, e2e, lw = _build_and_check(model, calib, feeds, tmp_path, target, scheme="w8a16")
     ops = info["integer_ops"]
     assert info["float_fallback"] == [], info["float_fallback"]
-    assert ops.get("conv2d_w8a16") == 1 and ops.get("conv2d_w8a16_acc64") == 1, ops
+    # dense convs: the high / low byte split (two uint8 x int8 convs), combined in int32 / int64
+    assert ops.get("conv2d_w8a16_split") == 1 and ops.get("conv2d_w8a16_acc64_split") == 1, ops
     assert ops.get("depthwise_conv2d_w8a16") == 1 and ops.get("matmul_w8a16") == 1, ops
     _assert_layerwise(lw)
     assert e2e["y"]["within_step"] >= 0.95, e2e
+    sched = info.get("cpu_schedule", {})
+    if sched.get("scheduled") and (sched.get("vnni") or "conv2d_avx2" in sched.get("kernels", {})):
+        assert sum(sched["kernels"].values()) >= 4, sched     # 2 split convs x 2 halves
 
 
 def test_llvm_mixed_int8_int16_neighbours(tmp_path, target):

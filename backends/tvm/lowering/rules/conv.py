@@ -10,6 +10,14 @@ integer offset -z_x * sum(w[o]) (the int32 bias). Zero padding of x_f is padding
 int16 activations (W8A16): the same conv on int16 x int8 codes. |conv(x, w)[o]| <= max|x| * sum|w[o]|
 (the actual weight codes, max|x| = 32768 over the whole int16 range), so the accumulator is int32
 when max_o of that is < 2**31 (provably no overflow, whatever the input), else int64 (exact; slower).
+A dense conv (groups = 1) splits the int16 codes into two uint8 halves,
+
+    x = 256 * (hi - 128) + lo,   hi = (x >> 8) + 128,  lo = x & 255
+    conv(x, w) = 256 * (conv(hi, w) - 128 * sum(w)) + conv(lo, w)
+
+two uint8 x int8 convs (each exact in int32 for any K < 66000: the int8 layers' packed kernels),
+combined in int32 where the bound above (plus 255 * sum|w|) allows, else in int64. Depthwise and
+grouped convs (9-element sums) stay one int16 x int8 conv.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ class Conv2d(AffineRule):
     pattern = ("relax.nn.conv2d",)
     onnx = ("Conv",)
     lowers_to = ("uint8/int8 x int8 -> int32 `conv2d` (incl. depthwise / grouped), per-channel float32 "
-                 "requantization (MLAS order); int16 x int8 (W8A16) -> int32 where max|x| * sum|w[o]| < 2^31, "
+                 "requantization (MLAS order); int16 x int8 (W8A16): dense convs as two uint8 x int8 convs of the "
+                 "codes' high / low bytes, depthwise / grouped directly; int32 where max|x| * sum|w[o]| < 2^31, "
                  "else int64")
     conditions = ("NCHW / OIHW; activation quantized per tensor (int8 / uint8 / int16); constant int8 weight, zero "
                   "point 0, scale per output channel; zp_x * sum(w) folded into the int32 bias (input padded with "
@@ -60,23 +69,42 @@ class Conv2d(AffineRule):
         zx = x.zp
         pad_first = zx != 0 and any(padding)
         wconst = compat.const(wq, "int8")
-        bound = max_code(x.dtype) * int(np.abs(wq.reshape(O, -1).astype(np.int64)).sum(axis=1).max())
-        acc = accumulator(bound)
+        l1 = int(np.abs(wq.reshape(O, -1).astype(np.int64)).sum(axis=1).max())
+        bound = max_code(x.dtype) * l1
+        split = x.dtype == "int16" and groups == 1
+        # split form: every intermediate is bounded by |conv(hi - 128)| * 256 + |conv(lo)|
+        acc = accumulator(bound + 255 * l1 if split else bound)
+        k_hi = compat.const((-128 * sum_w).reshape(O, 1, 1).astype(acc))
+
+        def conv(data, pads, dtype):
+            return R.nn.conv2d(data, wconst, strides=strides, padding=pads, dilation=dilation, groups=groups,
+                               out_dtype=dtype)
 
         def emit(e, x=x, padding=padding):
             data = e.view_expr(x)
             pads = padding
-            if pad_first:
+            if pad_first or (split and any(padding)):
                 top, left, bottom, right = padding
                 data = e.emit(R.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx)))
                 pads = [0, 0, 0, 0]
-            return R.nn.conv2d(data, wconst, strides=strides, padding=pads, dilation=dilation, groups=groups,
-                               out_dtype=acc)
+            if not split:
+                return conv(data, pads, acc)
+            # x = 256 * (hi - 128) + lo, hi = (x >> 8) + 128 and lo = x & 255 both uint8: two uint8 x int8
+            # convs (int32 always exact: K * 255 * 127 < 2^31), the int8 kernels' fast path
+            hi = e.emit(R.astype(e.emit(R.add(e.emit(R.right_shift(data, compat.const(np.int16(8)))),
+                                              compat.const(np.int16(128)))), "uint8"))
+            lo = e.emit(R.astype(e.emit(R.bitwise_and(data, compat.const(np.int16(255)))), "uint8"))
+            c_hi, c_lo = e.emit(conv(hi, pads, "int32")), e.emit(conv(lo, pads, "int32"))
+            if acc != "int32":
+                c_hi, c_lo = e.emit(R.astype(c_hi, acc)), e.emit(R.astype(c_lo, acc))
+            c_hi = e.emit(R.add(c_hi, k_hi))
+            c_hi = e.emit(R.left_shift(c_hi, compat.const(np.array(8, acc))))
+            return R.add(c_hi, c_lo)
 
         m = rank_array((x.scale * sw).reshape(O, 1, 1), rank)
         k = rank_array((-zx * sum_w).reshape(O, 1, 1), rank)
         kind = "conv2d" if groups == 1 else ("depthwise_conv2d" if wq.shape[1] == 1 else "grouped_conv2d")
-        kind += wide_suffix(x.dtype, acc)
+        kind += wide_suffix(x.dtype, acc) + ("_split" if split else "")
         return Affine([Term(emit, m, k, x.sources, kind, acc, bound)], None, rank, [var])
 
 
