@@ -16,6 +16,9 @@ Rules (t(.) of an operand: its twin, or a permute of it, or a constant permuted 
         zero-padded to a multiple of 64) and the chain's per-channel constants permuted the same
         way at compile time, so nothing is shuffled at run time
     elementwise f(a, b, ...) (add, shifts, astype, clip, ...)  ->  f(t(a), t(b), ...)
+    quantize / dequantize(x, s, z, axis)               ->  the same of t(x), axis moved to its NHWC place
+        (element by element: a float region's quantize then fuses into the kernel that computes
+        its input, a conv's float epilogue, instead of a transpose + quantize pass over float32)
     sum / mean over axes {2, 3}                        ->  the same over {1, 2}
     max_pool2d / avg_pool2d                            ->  layout="NHWC"
     concat(axis=1)                                     ->  concat(axis=3)
@@ -206,6 +209,22 @@ class _ChannelsLast(compat.PyExprMutator):
         self.lane[y] = c
         return y
 
+    def _qdq(self, call, args):
+        """quantize / dequantize of a value with a twin: the same op on the twin. Element by element
+        (per tensor, or per channel along `axis`, which moves to its NHWC position), so
+        t(Q(x)) = Q(t(x)) bit for bit."""
+        x = args[0]
+        if not isinstance(x, relax.Var) or x not in self.twin or _static_shape(x) is None \
+                or len(_static_shape(x)) != 4:
+            return None
+        s, z = compat.const_numpy(args[1]), compat.const_numpy(args[2])
+        if s is None or z is None:
+            return None
+        axis = TO_NHWC.index(int(call.attrs.axis) % 4)
+        t = self.nhwc(x)
+        fn = R.quantize if compat.op_name(call) == "relax.quantize" else R.dequantize
+        return self.builder_.emit(fn(t, args[1], args[2], axis=axis, out_dtype=str(call.attrs.out_dtype)))
+
     def _reduce(self, call, args):
         x = args[0]
         axes = call.attrs.axis
@@ -325,6 +344,8 @@ class _ChannelsLast(compat.PyExprMutator):
             return self._matmul(call, args)
         if name in ELEMENTWISE or name in UNARY:
             return self._elementwise(call, args)
+        if name in ("relax.quantize", "relax.dequantize"):
+            return self._qdq(call, args)
         if name in ("relax.sum", "relax.mean"):
             return self._reduce(call, args)
         if name in ("relax.nn.max_pool2d", "relax.nn.avg_pool2d"):
