@@ -36,7 +36,7 @@ def test_budget_below_int8_is_met_by_raising_the_most_sensitive_layers(fashion, 
     base = qcc.compile_model(str(fashion.onnx_path), fashion.calib, eval_data=fashion.eval, out_dir=tmp_path / "b",
                              progress=False, metrics=["kl"])
     int8 = base.report["fidelity"]["metrics"]["kl"]
-    budget = int8 / 3
+    budget = int8 / 2   # all-w8a16 gives about int8 / 3 here
     res = qcc.compile_model(str(fashion.onnx_path), fashion.calib, eval_data=fashion.eval, out_dir=out,
                             progress=False, metrics=["kl"], max_loss=budget)
     p = res.report["precision"]
