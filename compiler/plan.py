@@ -7,8 +7,12 @@ The plan is a pure function of (graph, config, statistics). Nodes take one of th
     bias-add          Add(MatMul(x, W), b) with constant b: the bias of the MatMul before it
     fused-activation  Relu / Clip right after a quantized producer: folded into its requantization,
                       so the tensor between them is never quantized
-    elementwise       Add, Concat of activations: quantized when their output must be quantized
-    pool              AveragePool, GlobalAveragePool: quantized in and out, each with its own scale
+    elementwise       Add, Concat of activations: quantized when their output must be quantized; also
+                      Mul of two activations that are not functions of one tensor (the SE block's
+                      x * sigmoid(conv(pool(x))), an integer product; x * sigmoid(x) is an activation
+                      and stays float unless config.pointwise_tables makes it a table)
+    pool              AveragePool, GlobalAveragePool, ReduceMean (constant axes): quantized in and
+                      out, each with its own scale (an int32 sum)
     norm              Softmax over the last axis: quantized in and out when its output must be (the
                       lowering's one int8 -> int8 row kernel). An additive-mask input stays float
                       (the mask check below). LayerNormalization is not one: quantizing its input,
@@ -42,7 +46,7 @@ from .statistics import TensorStats
 
 COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 ELEMENTWISE = {"Add", "Concat"}
-POOL = {"AveragePool", "GlobalAveragePool"}
+POOL = {"AveragePool", "GlobalAveragePool", "ReduceMean"}
 NORMS = {"Softmax"}
 SHARED = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Resize", "Relu", "Clip",
           "Slice", "Split", "Pad", "Upsample", "DepthToSpace", "SpaceToDepth", "GlobalMaxPool"}
@@ -145,9 +149,11 @@ def _plan_once(model: ir.Model, config: QuantConfig, forced: dict[str, str]) -> 
             role[node] = "fused-activation"
         elif op in POINTWISE and config.pointwise_tables and _pointwise_operands(node):
             role[node] = "pointwise"
+        elif op == "Mul" and _independent_product(node):
+            role[node] = "elementwise"
         elif op in ELEMENTWISE:
             reason[node] = f"{op} with a constant or non-float operand"
-        elif op in POOL:
+        elif op in POOL and _pool_ok(node):
             role[node] = "pool"
         elif op in NORMS and _is_float(node.inputs[0]) and _last_axis(node):
             role[node] = "norm"
@@ -249,6 +255,39 @@ def _plan_once(model: ir.Model, config: QuantConfig, forced: dict[str, str]) -> 
     for node, why in reason.items():
         plan.float_nodes[node.name] = (node.op_type, why)
     return plan
+
+
+def _pool_ok(node: ir.Node) -> bool:
+    """A pooling node the integer lowering reads: ReduceMean only with constant (or no) axes."""
+    if node.op_type != "ReduceMean" or len(node.inputs) < 2 or node.inputs[1] is None:
+        return True
+    return _const(node.inputs[1])
+
+
+def _pointwise_sources(value: ir.Value) -> set[str]:
+    """The tensors `value` is an element-wise function of: itself and, through pointwise producers
+    (Sigmoid, Clip, Add, Mul, ... of activations and constants), every tensor they read."""
+    seen: set[str] = set()
+    stack = [value]
+    while stack and len(seen) <= MAX_CHAIN:
+        v = stack.pop()
+        if v is None or _const(v) or v.name in seen:
+            continue
+        seen.add(v.name)
+        producer = v.producer()
+        if producer is not None and producer.op_type in POINTWISE:
+            stack.extend(producer.inputs)
+    return seen
+
+
+def _independent_product(node: ir.Node) -> bool:
+    """Mul of two float activations neither of which is a pointwise function of the other's
+    sources: an integer product of two quantized tensors (the SE gate). x * f(x) (SiLU, HardSwish,
+    GELU's halves) is one activation of x: quantizing x there is quantizing a pre-activation."""
+    a, b = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    if not (_is_float(a) and _is_float(b)) or a.name == b.name:
+        return False
+    return not (_pointwise_sources(a) & _pointwise_sources(b))
 
 
 def _last_axis(node: ir.Node) -> bool:

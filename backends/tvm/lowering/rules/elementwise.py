@@ -132,8 +132,10 @@ class Multiply(BinaryAffine):
     onnx = ("Mul",)
     lowers_to = ("an int32 product of the zero-point-corrected inputs (two quantized inputs); a constant "
                  "folded into the requantization multiplier")
-    conditions = ("both inputs quantized per tensor, or one constant and the other an integer affine sum; "
-                  "otherwise a pointwise chain of one tensor is a table (PointwiseTable)")
+    conditions = ("both inputs quantized per tensor (the plan quantizes both of a Mul of two activations that "
+                  "are not functions of one tensor: the SE gate x * sigmoid(s), broadcasting), or one constant "
+                  "and the other an integer affine sum; otherwise a pointwise chain of one tensor is a table "
+                  "(PointwiseTable)")
 
     def rewrite(self, low, call, var, rank) -> Affine:
         a, b = call.args

@@ -52,7 +52,8 @@ class Mean(AffineRule):
     pattern = ("relax.mean",)
     onnx = ("GlobalAveragePool", "ReduceMean")
     lowers_to = "int32 `sum` over the axes, requantized by s_x / (s_y * N)"
-    conditions = "input quantized per tensor; static reduced dims"
+    conditions = ("input quantized per tensor (the plan's pool role: GlobalAveragePool, ReduceMean with "
+                  "constant axes); static reduced dims")
 
     def axes(self, call) -> list[int]:
         shape = compat.tensor_shape(call.args[0])
