@@ -147,9 +147,9 @@ def _kl(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
 
 
-def _mse(stats: TensorStats, qtype: QType, symmetric: bool, lo: float, hi: float) -> tuple[float, float]:
-    """Shrink [lo, hi] by a factor alpha in [0.2, 1] minimizing the histogram-weighted squared error
-    of round-to-nearest fake quantization (bin centers stand for their samples)."""
+def _alpha_search(stats: TensorStats, symmetric: bool, lo: float, hi: float, error) -> tuple[float, float]:
+    """[lo, hi] * alpha for the alpha in [0.2, 1] (81 steps) with the smallest
+    error(bin centers, counts, a_lo, a_hi) over the histogram's non-empty bins."""
     edges = stats.bin_edges
     centers = 0.5 * (edges[:-1] + edges[1:])
     counts = stats.hist.astype(np.float64)
@@ -161,10 +161,17 @@ def _mse(stats: TensorStats, qtype: QType, symmetric: bool, lo: float, hi: float
         if symmetric:
             m = max(-a_lo, a_hi)
             a_lo, a_hi = (-m if a_lo < 0 else 0.0), m
-        err = np.sum(counts * (fake_quantize(centers, a_lo, a_hi, qtype) - centers) ** 2)
+        err = error(centers, counts, a_lo, a_hi)
         if err < best:
             best, best_alpha = err, alpha
     return lo * best_alpha, hi * best_alpha
+
+
+def _mse(stats: TensorStats, qtype: QType, symmetric: bool, lo: float, hi: float) -> tuple[float, float]:
+    """Shrink [lo, hi] by a factor alpha in [0.2, 1] minimizing the histogram-weighted squared error
+    of round-to-nearest fake quantization (bin centers stand for their samples)."""
+    return _alpha_search(stats, symmetric, lo, hi, lambda c, n, a_lo, a_hi:
+                         np.sum(n * (fake_quantize(c, a_lo, a_hi, qtype) - c) ** 2))
 
 
 def _mse_fine(stats: TensorStats, qtype: QType, symmetric: bool, lo: float, hi: float) -> tuple[float, float]:
@@ -173,24 +180,12 @@ def _mse_fine(stats: TensorStats, qtype: QType, symmetric: bool, lo: float, hi: 
     n_inside * step^2 / 12 (round-to-nearest noise of the samples in range, step from range_to_qparams)."""
     from .qparams import range_to_qparams
 
-    edges = stats.bin_edges
-    centers = 0.5 * (edges[:-1] + edges[1:])
-    counts = stats.hist.astype(np.float64)
-    nz = counts > 0
-    centers, counts = centers[nz], counts[nz]
-    best, best_alpha = np.inf, 1.0
-    for alpha in np.linspace(0.2, 1.0, 81):
-        a_lo, a_hi = lo * alpha, hi * alpha
-        if symmetric:
-            m = max(-a_lo, a_hi)
-            a_lo, a_hi = (-m if a_lo < 0 else 0.0), m
+    def error(c, n, a_lo, a_hi):
         scale, _ = range_to_qparams(a_lo, a_hi, qtype, symmetric)
-        clipped = np.clip(centers, a_lo, a_hi)
-        inside = counts[clipped == centers].sum()
-        err = np.sum(counts * (clipped - centers) ** 2) + inside * float(scale) ** 2 / 12.0
-        if err < best:
-            best, best_alpha = err, alpha
-    return lo * best_alpha, hi * best_alpha
+        clipped = np.clip(c, a_lo, a_hi)
+        return np.sum(n * (clipped - c) ** 2) + n[clipped == c].sum() * float(scale) ** 2 / 12.0
+
+    return _alpha_search(stats, symmetric, lo, hi, error)
 
 
 def fake_quantize(x: np.ndarray, lo: float, hi: float, qtype: QType) -> np.ndarray:
