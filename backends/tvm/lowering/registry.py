@@ -37,6 +37,8 @@ not broadcast, a multiplier out of range).
 
 from __future__ import annotations
 
+import abc
+
 VIEW, CLAMP, AFFINE, SITE = "view", "clamp", "affine", "site"
 ROLES = (VIEW, CLAMP, AFFINE, SITE)
 # the "(kind)" the operator table shows for each role
@@ -62,8 +64,9 @@ def unquantized(what: str) -> Unquantized:
     return Unquantized(f"{what}: input is not a quantized tensor")
 
 
-class Rule:
-    """Base of all rules (see the module docstring). Subclass a role's base, not this."""
+class Rule(abc.ABC):
+    """Base of all rules (see the module docstring). Subclass a role's base, not this; a rule class
+    without check or rewrite cannot be instantiated."""
 
     role: str = ""
     pattern: tuple[str, ...] = ()
@@ -77,11 +80,13 @@ class Rule:
     def name(self) -> str:
         return type(self).__name__
 
+    @abc.abstractmethod
     def check(self, low, call, var) -> str | None:
-        raise NotImplementedError
+        """None when the rule applies to `call`, else why not (the float fallback's reason)."""
 
+    @abc.abstractmethod
     def rewrite(self, low, call, var, *args):
-        raise NotImplementedError
+        """The integer Relax for `call` (check has passed)."""
 
     def apply(self, low, call, var, *args):
         """check, then rewrite; a failed check raises NoMatch(its reason)."""
