@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import QccError
-from .metrics import cosine, softmax
+from .metrics import classification, cosine, softmax
 
 Outputs = Sequence[np.ndarray]
 AUTO = "auto"
@@ -105,7 +105,7 @@ def _accuracy(f: Outputs, q: Outputs, labels) -> float:
 
 
 def _disagreement(f: Outputs, q: Outputs, labels) -> float:
-    return 100.0 * (1.0 - float(np.mean(class_scores(f).argmax(-1) == class_scores(q).argmax(-1))))
+    return 100.0 * (1.0 - classification(class_scores(f), class_scores(q))["agreement"])
 
 
 def _confident_disagreement(f: Outputs, q: Outputs, labels) -> float:
@@ -116,9 +116,7 @@ def _confident_disagreement(f: Outputs, q: Outputs, labels) -> float:
 
 
 def _kl(f: Outputs, q: Outputs, labels) -> float:
-    p = softmax(class_scores(f).astype(np.float64))
-    r = softmax(class_scores(q).astype(np.float64))
-    return float(np.mean(np.sum(p * (np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(r, 1e-30))), axis=-1)))
+    return classification(class_scores(f), class_scores(q))["kl"]
 
 
 def _cosine(f: Outputs, q: Outputs, labels) -> float:

@@ -39,7 +39,7 @@ from .backends import onnxruntime as ort_backend
 from .calibrate import calibrate
 from .config import SCHEMES, QuantConfig
 from .plan import build_plan
-from .sensitivity import find_layers, sweep
+from .sensitivity import sweep
 from .trace import Trace
 
 SENSITIVITY_SAMPLES = 16
@@ -142,9 +142,7 @@ def search(state, max_loss: float, metric_spec: str = loss_metrics.AUTO, log=Non
     # (MobileNetV2, KL 0.09 -> 0.03: 25 layers to int16 by local SQNR)
     swept = sweep(state.float_proto, state.qdq_proto, state.plan.roles, state.calib, samples=SENSITIVITY_SAMPLES,
                   recover_top=len(state.plan.roles))
-    inputs = {l.name: sorted(set(l.act_inputs.values()))
-              for l in find_layers(state.float_proto, state.qdq_proto, state.plan.roles)}
-    layers = [dict(r, inputs=inputs.get(r["node"], [])) for r in swept["layers"] if math.isfinite(r["sqnr_db"])]
+    layers = [r for r in swept["layers"] if math.isfinite(r["sqnr_db"])]
     layers.sort(key=lambda r: -np.nan_to_num(r.get("recovered_db", 0.0), nan=0.0))   # stable: ties stay local order
     macs = layer_macs(state.float_proto)
     base_config = state.config

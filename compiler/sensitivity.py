@@ -246,7 +246,8 @@ def sweep(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, roles: dict[
     """Local sensitivity of every layer (module docstring) on the first `samples` samples of `data`.
 
     Returns {"method", "samples", "seconds", "layers": [rows, lowest sqnr_db first]}; each row has
-    node, op, role, output, fused (epilogue nodes), sqnr_db, input_sqnr_db, weight_sqnr_db (and
+    node, op, role, output, fused (epilogue nodes), inputs (the float tensors its
+    quantized inputs read), sqnr_db, input_sqnr_db, weight_sqnr_db (and
     recovered_db for the `recover_top` worst)."""
     t0 = time.perf_counter()
     data = subset(data, samples)
@@ -271,7 +272,8 @@ def sweep(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, roles: dict[
     for k, layer in enumerate(layers):
         s = energy[k, 0]
         rows.append({"node": layer.name, "op": layer.op, "role": layer.role, "output": layer.output,
-                     "fused": [nd.name for nd in layer.nodes[1:]], "sqnr_db": _db(s, energy[k, 1]),
+                     "fused": [nd.name for nd in layer.nodes[1:]],
+                     "inputs": sorted(set(layer.act_inputs.values())), "sqnr_db": _db(s, energy[k, 1]),
                      "input_sqnr_db": _db(s, energy[k, 2]), "weight_sqnr_db": _db(s, energy[k, 3])})
     rows.sort(key=lambda r: (np.nan_to_num(r["sqnr_db"], nan=np.inf), r["node"]))
     result["batch"] = batch
