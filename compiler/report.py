@@ -23,6 +23,7 @@ from .data import n_samples, subset
 from .loss_metrics import evaluate_all
 from .metrics import fidelity
 from .plan import QuantPlan
+from .sensitivity import sweep
 
 
 def build_report(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan: QuantPlan,
@@ -63,8 +64,6 @@ def _sensitivity(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan:
     """sensitivity.py's sweep (each layer alone quantized, on the float graph's own inputs), ranked
     lowest first; each layer row it measured gets its local `sensitivity_db`. An analysis only: a
     graph it cannot take leaves {"error": ...} in the report, not a failed compile."""
-    from .sensitivity import sweep
-
     try:
         result = sweep(float_model, qdq_model, plan.roles, calib, samples=SENSITIVITY_SAMPLES)
     except Exception as exc:  # noqa: BLE001
