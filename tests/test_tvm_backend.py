@@ -391,6 +391,50 @@ def test_dynamic_spatial_dims_need_input_shapes(tmp_path, target):
     assert verify.end_to_end(q, [got], x)["y"]["within_step"] == 1.0
 
 
+def test_dynamic_batch_keeps_the_packed_kernels_and_checks_ranges(tmp_path, target, fashion_paths, fashion_calib):
+    """batch=None: one library for batch 1..32, through the same packed int8 kernels as a static build,
+    equal to onnxruntime on the QDQ graph; a batch outside the declared range is refused by name."""
+    q = compile_quiet(str(fashion_paths[0]), fashion_calib).qdq_model
+    info = tvm_backend.build(q, target, tmp_path, batch=None, ranges={"batch": [1, 32]})
+    assert info["dynamic"] == {"batch": [1, 32]} and not info["static_batch"]
+    static = tvm_backend.build(q, target, tmp_path / "static")
+    if static["cpu_schedule"].get("kernels"):     # hosts with packed kernels: the dynamic build has them too
+        assert info["cpu_schedule"]["kernels"] == static["cpu_schedule"]["kernels"]
+    r, rs = tvm_backend.Runner(tmp_path), tvm_backend.Runner(tmp_path / "static")
+    for b in (1, 5, 32):
+        x = {"input": fashion_calib["input"][:b]}
+        got = r.run(x)[0]
+        assert got.shape[0] == b
+        np.testing.assert_array_equal(got, rs.run(x)[0])     # bit for bit the static build, run in chunks
+    x = {"input": fashion_calib["input"][:7]}
+    ref = ort_backend.make_session(q, optimize=False).run(None, x)[0]    # and the QDQ semantics
+    np.testing.assert_allclose(r.run(x)[0], ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    with pytest.raises(QccError, match=r"'input' axis 0 \(batch\) is 33; this build takes 1..32"):
+        r.run({"input": np.concatenate([fashion_calib["input"]] * 2)[:33]})
+
+
+def test_symbolic_image_size_one_library_for_two_sizes(tmp_path, target):
+    """A fully convolutional graph with symbolic H, W (stride-1 and stride-2 convs, a residual add):
+    one build runs 8x8 and 12x10 inputs within one quantization step of onnxruntime on the QDQ graph."""
+    nodes = [oh.make_node("Conv", ["x", "W1", "B1"], ["a"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             oh.make_node("Relu", ["a"], ["r"]),
+             oh.make_node("Conv", ["r", "W2", "B2"], ["b"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             oh.make_node("Add", ["a", "b"], ["s"]),
+             oh.make_node("Conv", ["s", "W3", "B3"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])]
+    model = make_model(nodes, [("x", ["N", 3, "H", "W"])], [("y", ["N", 16, "h", "w"])],
+                       {"W1": _w(16, 3, 3, 3), "B1": _w(16), "W2": _w(16, 16, 3, 3), "B2": _w(16),
+                        "W3": _w(16, 16, 3, 3), "B3": _w(16)})
+    q = compile_quiet(model, {"x": _data((3, 8, 8))}).qdq_model
+    info = tvm_backend.build(q, target, tmp_path, batch=None)
+    assert set(info["dynamic"]) == {"batch", "H", "W"}, info["dynamic"]
+    r = tvm_backend.Runner(tmp_path)
+    for shape in ((1, 3, 8, 8), (2, 3, 12, 10)):
+        x = {"x": _data(shape[1:], shape[0])}
+        got = r.run(x)[0]
+        assert got.shape == (shape[0], 16, (shape[2] + 1) // 2, (shape[3] + 1) // 2)
+        assert verify.end_to_end(q, [got], x)["y"]["within_step"] == 1.0
+
+
 def test_docs_snippet_loads_model_so_with_plain_tvm(tmp_path, target, fashion_paths, fashion_calib):
     """The code block in docs/tvm.md runs with only numpy + tvm and reproduces the Runner's output."""
     import ast

@@ -55,6 +55,30 @@ def write_spec(folder: Path, spec: dict) -> None:
     (Path(folder) / IO_SPEC).write_text(json.dumps(spec, indent=2) + "\n")
 
 
+def check_shapes(spec: dict, arrays: dict[str, np.ndarray]) -> dict[str, int]:
+    """Each input's shape against the build's: static dims equal, symbolic dims (str) one value per
+    symbol across inputs and within the symbol's range (spec["ranges"]). Returns symbol -> value."""
+    ranges = spec.get("ranges") or {}
+    bound: dict[str, int] = {}
+    for inp in spec["inputs"]:
+        x = arrays[inp["name"]]
+        want = inp["shape"]
+        if x.ndim != len(want):
+            raise QccError(f"input {inp['name']!r} has shape {list(x.shape)}, this build expects {want}")
+        for axis, (w, d) in enumerate(zip(want, x.shape)):
+            if not isinstance(w, str):
+                if w != d:
+                    raise QccError(f"input {inp['name']!r} has shape {list(x.shape)}, this build expects {want}")
+                continue
+            lo, hi = ranges.get(w, (1, None))
+            if d < lo or (hi is not None and d > hi):
+                raise QccError(f"input {inp['name']!r} axis {axis} ({w}) is {d}; this build takes {lo}..{hi}"
+                               " (compile with --dynamic to widen it)")
+            if bound.setdefault(w, d) != d:
+                raise QccError(f"input {inp['name']!r} axis {axis} ({w}) is {d}, another input has {w} = {bound[w]}")
+    return bound
+
+
 def input_shapes_from(feeds: dict[str, np.ndarray]) -> dict[str, list]:
     """input_shapes for build() from sample data (e.g. the calibration set): the per-sample shape
     with a dynamic batch dim."""

@@ -207,6 +207,18 @@ def sym_var(name: str):
     return tirx.Var(name, "int64")
 
 
+def prove_equal(a, b) -> bool:
+    """Two (symbolic) TIR integer expressions provably equal (ints compare as ints)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    return bool(tvm.sym.Analyzer().can_prove_equal(a, b))
+
+
+def simplify(expr):
+    """A symbolic TIR integer expression in TVM's canonical form (an int stays an int)."""
+    return expr if isinstance(expr, int) else tvm.sym.Analyzer().simplify(expr)
+
+
 # ---------------------------------------------------------------------------------------------
 # Targets
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 from qcc.errors import QccError
 
@@ -31,48 +32,58 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
+def _symbol(vi: onnx.ValueInfoProto, axis: int, dim) -> str:
+    """The symbol of an input dim the model leaves open: "batch" for axis 0, else its dim_param (so
+    inputs that share one, e.g. input_ids and attention_mask's "sequence", share it), else input_axis."""
+    if axis == 0:
+        return BATCH
+    name = dim.dim_param if dim is not None and dim.dim_param else f"{vi.name}_{axis}"
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
 def io_spec(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict:
-    """Input names / dtypes / shapes (dim 0 may stay dynamic as "batch"; other dynamic dims come from
-    `input_shapes`) and output names / dtypes."""
+    """Input names / dtypes / shapes and output names / dtypes. A dim is an int (static) or a symbol
+    (str): the model's open dims (dim_param, -1, 0) are symbols (`_symbol`) unless `input_shapes`
+    pins them; in `input_shapes` an int pins a dim, a str other than "batch" makes it that symbol
+    (also over a static dim of the model), None or "batch" keeps the model's."""
     input_shapes = input_shapes or {}
     inputs = []
     for vi in _graph_inputs(model):
         tt = vi.type.tensor_type
-        dims = []
-        for i, d in enumerate(tt.shape.dim):
-            dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else _symbol(vi, i, d)
+                for i, d in enumerate(tt.shape.dim)]
         given = input_shapes.get(vi.name)
         if given is not None:
             given = list(given)
             if not tt.HasField("shape"):
-                dims = [None] * len(given)
+                dims = [_symbol(vi, i, None) for i in range(len(given))]
             if len(given) != len(dims):
                 raise QccError(f"input_shapes[{vi.name!r}] has rank {len(given)}, the model input has rank {len(dims)}")
-            dims = [g if isinstance(g, int) and g > 0 else d for g, d in zip(given, dims)]
-        shape = []
-        for i, d in enumerate(dims):
-            if d is not None:
-                shape.append(int(d))
-            elif i == 0:
-                shape.append(BATCH)
-            else:
-                raise QccError(f"input {vi.name!r} has a dynamic dimension {i}; the TVM backend needs static "
-                               f"non-batch dimensions: pass input_shapes={{{vi.name!r}: [...]}} (e.g. the "
-                               "calibration sample shape)")
-        inputs.append({"name": vi.name, "dtype": _ONNX_DTYPE.get(tt.elem_type, "float32"), "shape": shape})
+            # "batch" keeps the model's dim 0 (a model fixed at batch 1 stays so); another name makes it symbolic
+            dims = [int(g) if isinstance(g, (int, np.integer)) and g > 0 else g if isinstance(g, str) and g != BATCH
+                    else d for g, d in zip(given, dims)]
+        inputs.append({"name": vi.name, "dtype": _ONNX_DTYPE.get(tt.elem_type, "float32"), "shape": dims})
     outputs = [{"name": o.name, "dtype": _ONNX_DTYPE.get(o.type.tensor_type.elem_type, "float32")}
                for o in model.graph.output]
     return {"inputs": inputs, "outputs": outputs}
 
 
-def _extra_symbolic_vars(mod) -> list[str]:
-    """Symbolic dims the imported main defines besides the batch dim (e.g. range lengths)."""
-    return sorted(compat.symbolic_var_names(mod["main"]) - {BATCH})
+def symbols(spec: dict) -> list[str]:
+    """The symbolic dims of an io spec, in first-seen order."""
+    out: list[str] = []
+    for i in spec["inputs"]:
+        out += [d for d in i["shape"] if isinstance(d, str) and d not in out]
+    return out
+
+
+def _extra_symbolic_vars(mod, declared) -> list[str]:
+    """Symbolic dims the imported main defines besides the declared ones (e.g. range lengths)."""
+    return sorted(compat.symbolic_var_names(mod["main"]) - set(declared))
 
 
 def _import(model: onnx.ModelProto, spec: dict):
-    batch = compat.sym_var(BATCH)
-    shape_dict = {i["name"]: [batch if d == BATCH else d for d in i["shape"]] for i in spec["inputs"]}
+    syms = {name: compat.sym_var(name) for name in symbols(spec)}
+    shape_dict = {i["name"]: [syms[d] if isinstance(d, str) else d for d in i["shape"]] for i in spec["inputs"]}
     if fp8.has_fp8(model):  # FP8 Q/DQ -> qcc's encode / decode on uint8 bits (fp8.py)
         model = _copy(model)
         fp8.prepare_onnx(model)
@@ -91,11 +102,17 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def _static(model: onnx.ModelProto, spec: dict, batch: int) -> tuple[onnx.ModelProto, dict]:
+def _static(model: onnx.ModelProto, spec: dict, sizes: dict) -> tuple[onnx.ModelProto, dict]:
     m = _copy(model)
     spec = json.loads(json.dumps(spec))
+    missing = [s for s in symbols(spec) if s not in sizes]
+    if missing:
+        name, axis = next((i["name"], i["shape"].index(s)) for s in missing for i in spec["inputs"] if s in i["shape"])
+        raise QccError(f"input {name!r} has a dynamic dimension {axis} ({missing[0]!r}) and this build is static: "
+                       f"pass input_shapes={{{name!r}: [...]}} (e.g. the calibration sample shape) or build it "
+                       "dynamic")
     for inp in spec["inputs"]:
-        inp["shape"] = [batch if d == BATCH else d for d in inp["shape"]]
+        inp["shape"] = [int(sizes[d]) if isinstance(d, str) else d for d in inp["shape"]]
     onnx_prep.set_input_shapes(m, {i["name"]: i["shape"] for i in spec["inputs"]})
     onnx_prep.fold_static_shapes(m)
     return m, spec
@@ -118,41 +135,48 @@ def check_supported(model: onnx.ModelProto) -> None:
                        "for the w4a8 scheme")
 
 
-def import_relax(model: onnx.ModelProto, input_shapes: dict | None = None, batch: int | None = 1):
+def import_relax(model: onnx.ModelProto, input_shapes: dict | None = None, batch: int | None = 1,
+                 sizes: dict | None = None, require_dynamic: bool = False):
     """The QDQ model as a Relax module (fake quantization: float ops between quantize / dequantize).
 
-    ``batch``: the batch size the library is compiled for (static shapes compile ~1.6x faster and
-    run faster; the runner feeds other batch sizes in chunks), or None to keep a dynamic batch
-    dimension where the model has one. Graphs whose shape arithmetic leaves other symbolic dims
-    with a dynamic batch (transformers' attention-mask construction) fall back to batch 1.
-    Shape subgraphs are folded once shapes are static. Returns (module, io spec)."""
+    ``batch``: the batch size of a static build (static shapes compile faster; the runner feeds other
+    batch sizes in chunks), or None to keep every symbolic dim (io_spec) symbolic, so one library
+    serves every size. ``sizes``: the value of each symbol in a static build (default: batch, and
+    the build fails for any other symbol); also the fallback where a dynamic import leaves symbolic
+    dims the VM cannot compute (transformers' attention-mask arithmetic) - unless ``require_dynamic``,
+    then that is an error. Shape subgraphs are folded once shapes are static. Returns (module, io spec)."""
     check_supported(model)
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
     onnx_prep.drop_shape_casts(model_copy)
     spec = io_spec(model_copy, input_shapes)
-    dynamic = any(d == BATCH for i in spec["inputs"] for d in i["shape"])
+    declared = symbols(spec)
     reason = None
-    if dynamic and batch is None:
+    if declared and batch is None:
         try:
             mod = _import(model_copy, spec)
-            extra = _extra_symbolic_vars(mod)
+            extra = _extra_symbolic_vars(mod, declared)
         except QccError as exc:
             extra = [str(exc)]
         if not extra:
-            spec["static_batch"] = False
+            spec["static_batch"] = BATCH not in declared
             return mod, spec
-        reason = f"a dynamic batch leaves other symbolic dims {extra[:4]}"
-    model_copy, spec = _static(model_copy, spec, batch or 1)
+        reason = f"dynamic {', '.join(declared)} leave other symbolic dims {extra[:4]}"
+        if require_dynamic:
+            raise QccError(f"this model cannot keep {', '.join(declared)} dynamic through TVM's ONNX import ({reason}): "
+                           "build it with --static")
+    sizes = {BATCH: batch or 1, **(sizes or {})}
+    model_copy, spec = _static(model_copy, spec, sizes)
     spec["static_batch"] = True
     if reason:
         spec["static_batch_reason"] = reason
     return _import(model_copy, spec), spec
 
 
-def lower(model: onnx.ModelProto, input_shapes: dict | None = None, batch: int | None = 1):
-    """Import and rewrite to integer Relax. Returns (module, spec, integer_ops, float_fallback)."""
-    mod, spec = import_relax(model, input_shapes, batch)
+def lower(model: onnx.ModelProto, input_shapes: dict | None = None, batch: int | None = 1, **shapes):
+    """Import (import_relax; `shapes`: its sizes / require_dynamic) and rewrite to integer Relax.
+    Returns (module, spec, integer_ops, float_fallback)."""
+    mod, spec = import_relax(model, input_shapes, batch, **shapes)
     mod, integer_ops, fallback = lower_to_integer(mod)
     # the float ops left between integer kernels (GELU's erf, softmax's exp, tanh): TVM's polynomial
     # approximations, which vectorize (libm's scalar erf/exp do not); here, so every target shares them
@@ -161,11 +185,15 @@ def lower(model: onnx.ModelProto, input_shapes: dict | None = None, batch: int |
 
 
 def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes: dict | None = None,
-          batch: int | None = 1, tune: dict | None = None) -> dict:
+          batch: int | None = 1, tune: dict | None = None, sizes: dict | None = None,
+          ranges: dict | None = None, require_dynamic: bool = False) -> dict:
     """Compile a QDQ model to out_dir/model.so (+ out_dir/tvm_io.json for the runner).
 
-    input_shapes: static sizes for dynamic non-batch input dims ({"x": ["batch", 3, 48, 192]});
-    batch: the compiled batch size (None: keep the batch dim dynamic where possible);
+    input_shapes: per input, its dims as ints (static) or symbols (str, dynamic; io_spec), e.g.
+    {"x": ["batch", 3, 48, "width"]}; batch: the batch size of a static build, None to keep the
+    symbols symbolic (one library for every size; import_relax); sizes: each symbol's value in a
+    static build (or the fallback); ranges: {symbol: [min, max]} the runner accepts (written to
+    tvm_io.json; absent: any size);
     tune: MetaSchedule tuning on x86 llvm, {"trials": N, "minutes": M or None, "quiet": bool} (tune.py)."""
     on_gpu = isinstance(target, dict) and target.get("kind") == "cuda"
     target = cuda.validate_target(target) if on_gpu else validate_target(target)
@@ -177,7 +205,11 @@ def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    mod, spec, integer_ops, fallback = lower(qdq_model, input_shapes, batch)
+    mod, spec, integer_ops, fallback = lower(qdq_model, input_shapes, batch, sizes=sizes,
+                                             require_dynamic=require_dynamic)
+    dynamic = symbols(spec)
+    if dynamic and ranges:
+        spec["ranges"] = {k: [int(v[0]), int(v[1])] for k, v in ranges.items() if k in dynamic}
     t_lower = time.perf_counter() - t0
     # x86 llvm: qcc's packed int8 kernels + rule-based schedules (schedules/); elsewhere TVM's default
     tuned, schedule_info = None, {}
@@ -207,12 +239,15 @@ def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes:
         "float_fallback": fallback,
         "inputs": spec["inputs"],
         "static_batch": spec["static_batch"],
+        "dynamic": {k: spec.get("ranges", {}).get(k) for k in dynamic},
         "build_s": round(time.perf_counter() - t0, 3),
         "timings": {"import_lower_s": round(t_lower, 3), "compile_s": round(t_compile, 3),
                     "export_s": round(t_export, 3)},
         "versions": compat.check_versions(),
         "files": {"library": LIBRARY, "io": IO_SPEC},
     }
+    if spec.get("static_batch_reason"):
+        info["static_reason"] = spec["static_batch_reason"]
     if kernels is not None:
         info["cuda"] = kernels
     if tuned is not None:

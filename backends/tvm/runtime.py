@@ -16,7 +16,7 @@ from qcc.errors import QccError
 from qcc.threads import default_threads
 
 from . import compat, cuda
-from .artifact_io import BATCH, IO_SPEC, LIBRARY, ArtifactIO, read_spec
+from .artifact_io import IO_SPEC, LIBRARY, ArtifactIO, check_shapes, read_spec
 from .c_source import CRunner
 from .cross import QemuRunner
 
@@ -85,16 +85,13 @@ class Runner(ArtifactIO):
         return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        args = []
+        arrays = {}
         for inp in self.spec["inputs"]:
             if inp["name"] not in feeds:
                 raise QccError(f"missing input {inp['name']!r} (expected {self.input_names})")
             x = np.asarray(feeds[inp["name"]])
-            if x.dtype != np.dtype(inp["dtype"]):
-                x = x.astype(inp["dtype"])
-            want = inp["shape"]
-            if len(x.shape) != len(want) or any(w != BATCH and w != d for w, d in zip(want, x.shape)):
-                raise QccError(f"input {inp['name']!r} has shape {list(x.shape)}, this build expects {want}")
-            args.append(cuda.to_device(x) if self._gpu else compat.to_device(x))
+            arrays[inp["name"]] = x if x.dtype == np.dtype(inp["dtype"]) else x.astype(inp["dtype"])
+        check_shapes(self.spec, arrays)
+        args = [cuda.to_device(x) if self._gpu else compat.to_device(x) for x in arrays.values()]
         return compat.outputs_to_numpy(self._main(*args))
 

@@ -45,7 +45,9 @@ The block names below are what schedule.py looks for in the fused functions.
 from __future__ import annotations
 
 import numpy as np
-from tvm import te
+from tvm import te, tirx
+
+from .. import compat
 
 CONV_BLOCK = "qcc_conv2d_nhwc_vnni"
 DW_BLOCK = "qcc_dwconv2d_nhwc"
@@ -56,6 +58,25 @@ PAD_BLOCK = "qcc_pad"
 
 def ceil_to(v: int, m: int) -> int:
     return -(-v // m) * m
+
+
+def dims(shape) -> list:
+    """A TE shape as ints where static, the TIR expression where symbolic (a dynamic batch, sequence
+    length or image size stays a loop bound of the kernel)."""
+    return [int(d) if isinstance(d, tirx.IntImm) else d for d in shape]
+
+
+def _simplify(v):
+    """A symbolic extent in TVM's canonical form: Relax compares the shapes of one value across the
+    functions that read it structurally (FuseTIR), so (H - 1) // 4 + 1 + 1 - 1 must read (H - 1) // 4 + 1."""
+    return compat.simplify(v)
+
+
+def _prod(values):
+    p = 1
+    for v in values:
+        p = p * v
+    return p
 
 
 def pack_conv_weight(w: np.ndarray, kmajor: bool = False) -> np.ndarray:
@@ -118,11 +139,11 @@ def pack_dense_weight(w: np.ndarray, kmajor: bool = False) -> np.ndarray:
 
 def _pad(x, pads, channels):
     """Zero-pad NHWC x spatially (pads = top, left, bottom, right) and in channels to `channels`."""
-    n, h, w, c = (int(d) for d in x.shape)
+    n, h, w, c = dims(x.shape)
     pt, pl, pb, pr = pads
     if not any(pads) and channels == c:
         return x
-    shape = (n, h + pt + pb, w + pl + pr, channels)
+    shape = (n, _simplify(h + pt + pb), _simplify(w + pl + pr), channels)
 
     def f(i, y, z, k):
         inside = te.all(y >= pt, y < h + pt, z >= pl, z < w + pl, k < c)
@@ -133,13 +154,13 @@ def _pad(x, pads, channels):
 def _out_hw(h, w, kh, kw, strides, pads, dilation) -> tuple[int, int]:
     """Output height and width of a 2-D window op (pads = top, left, bottom, right)."""
     pt, pl, pb, pr = pads
-    return ((h + pt + pb - dilation[0] * (kh - 1) - 1) // strides[0] + 1,
-            (w + pl + pr - dilation[1] * (kw - 1) - 1) // strides[1] + 1)
+    return (_simplify((h + pt + pb - dilation[0] * (kh - 1) - 1) // strides[0] + 1),
+            _simplify((w + pl + pr - dilation[1] * (kw - 1) - 1) // strides[1] + 1))
 
 
 def conv2d_nhwc_packed(x, wp, strides, pads, dilation):
     """x: [N, H, W, C] uint8 placeholder, wp: packed weight placeholder -> y [N, Ho, Wo, O16] int32."""
-    n, h, w, _ = (int(d) for d in x.shape)
+    n, h, w, _ = dims(x.shape)
     ob, kh, kw, cb, _, _ = (int(d) for d in wp.shape)
     sh, sw = strides
     dh, dw = dilation
@@ -158,7 +179,7 @@ def conv2d_nhwc_packed(x, wp, strides, pads, dilation):
 
 def depthwise_nhwc(x, wd, strides, pads, dilation):
     """x: [N, H, W, C] uint8/int8, wd: [KH, KW, C] int8 -> y [N, Ho, Wo, C] int32."""
-    n, h, w, c = (int(d) for d in x.shape)
+    n, h, w, c = dims(x.shape)
     kh, kw, _ = (int(d) for d in wd.shape)
     sh, sw = strides
     dh, dw = dilation
@@ -176,7 +197,7 @@ def depthwise_nhwc(x, wd, strides, pads, dilation):
 def depthwise_nhwc_vnni(x, wv, strides, pads, dilation):
     """x: [N, H, W, C64] uint8 in lane order, wv: pack_depthwise_weight_vnni -> y [N, Ho, Wo, C64]
     int32 in natural channel order (channels >= C are zero)."""
-    n, h, w, c64 = (int(d) for d in x.shape)
+    n, h, w, c64 = dims(x.shape)
     kh, kw = (int(d) for d in wv.shape[:2])
     sh, sw = strides
     dh, dw = dilation
@@ -203,8 +224,8 @@ def pack_rhs(b):
     """Run-time packing of an activation right-hand side b: [.., K, N] uint8 / int8 -> [B, N16/16,
     K4/4, 16, 4] int8 (B = product of the leading dims, zero padded). uint8 is stored as b - 128,
     so that a @ b = a @ (b - 128) + 128 * rowsum(a) runs on vpdpbusd (uint8 x int8)."""
-    *lead, k, n = (int(d) for d in b.shape)
-    bt = int(np.prod(lead)) if lead else 1
+    *lead, k, n = dims(b.shape)
+    bt = _prod(lead)
     nb, kb = ceil_to(n, 16) // 16, ceil_to(k, 4) // 4
     shift = 128 if b.dtype == "uint8" else 0
 
@@ -221,7 +242,7 @@ def pack_rhs(b):
 
 def batch_dense_packed(x, wp):
     """x: [.., M, K] uint8, wp: pack_rhs of b [.., K, N] -> y [.., M, N16] int32 (per-batch dense)."""
-    *lead, m, k = (int(d) for d in x.shape)
+    *lead, m, k = dims(x.shape)
     _, nb, kb, _, _ = (int(d) for d in wp.shape)
     x = _pad_k(x, kb * 4)
     r = te.reduce_axis((0, kb * 4), "rk")
@@ -236,7 +257,7 @@ def batch_dense_packed(x, wp):
 def dense_packed(x, wp):
     """x: [.., M, K] uint8, wp: [N16/16, K4/4, 16, 4] int8 -> y [.., M, N16] int32. The leading dims
     stay (no reshape around the kernel, which would stop FuseOps from fusing the epilogue)."""
-    *lead, k = (int(d) for d in x.shape)
+    *lead, k = dims(x.shape)
     nb, kb, _, _ = (int(d) for d in wp.shape)
     x = _pad_k(x, kb * 4)
     kmajor = is_kmajor(wp)
@@ -251,7 +272,7 @@ def dense_packed(x, wp):
 
 def _pad_k(x, k4: int):
     """x zero-padded along its last axis to k4."""
-    *lead, k = (int(d) for d in x.shape)
+    *lead, k = dims(x.shape)
     if k4 == k:
         return x
     return te.compute((*lead, k4), lambda *i: te.if_then_else(

@@ -60,6 +60,23 @@ def _static_shape(expr) -> list[int] | None:
     return shape
 
 
+def _shape(expr) -> list | None:
+    """Dims as ints where static, TIR expressions where symbolic (batch, sequence length, image size:
+    the kernels take them as loop bounds); None where the shape is unknown."""
+    return compat.tensor_shape(expr)
+
+
+def _numel(shape) -> int:
+    """Elements of a shape counting each symbolic dim once (MAC counts are per unit of a dynamic dim)."""
+    return int(np.prod([d for d in shape if isinstance(d, int)]))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, int) or isinstance(b, int):
+        return isinstance(a, int) and isinstance(b, int) and a == b
+    return bool(compat.prove_equal(a, b))
+
+
 def _const_nhwc(a: np.ndarray) -> np.ndarray | None:
     """A constant operand of a rank-4 NCHW op as its NHWC counterpart (None if rank > 4)."""
     if a.ndim == 0:
@@ -93,7 +110,7 @@ class _ChannelsLast(compat.PyExprMutator):
         if expr in self.twin:
             t = self.twin[expr]
             return self._natural(t) if t in self.lane else t
-        shape = _static_shape(expr)
+        shape = _shape(expr)
         if shape is None or len(shape) not in (0, 4):
             return None
         if len(shape) == 0:
@@ -117,8 +134,9 @@ class _ChannelsLast(compat.PyExprMutator):
         x, w = args[0], call.args[1]
         attrs = call.attrs
         wq = compat.const_numpy(w)
-        xs, ys = _static_shape(x), _static_shape(call)
-        if (wq is None or wq.dtype != np.int8 or xs is None or ys is None or str(attrs.out_dtype) != "int32"
+        xs, ys = _shape(x), _shape(call)
+        if (wq is None or wq.dtype != np.int8 or xs is None or ys is None or not isinstance(xs[1], int)
+                or str(attrs.out_dtype) != "int32"
                 or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW"):
             return None
         groups = int(attrs.groups)
@@ -137,7 +155,7 @@ class _ChannelsLast(compat.PyExprMutator):
                                       primfunc_name_hint=f"qcc_conv2d_nhwc_{self.isa}")
             if not lane and kernels.ceil_to(o, 16) != o:
                 y = self.builder_.emit(R.strided_slice(y, axes=[3], begin=[0], end=[o]))
-            self._count(f"conv2d_{self.isa}", np.prod(ys) * wq[0].size)
+            self._count(f"conv2d_{self.isa}", _numel(ys) * wq[0].size)
             if lane:
                 self.lane[y] = o
             return y
@@ -149,12 +167,12 @@ class _ChannelsLast(compat.PyExprMutator):
                                       dilation, primfunc_name_hint="qcc_dwconv2d_vnni")
             if kernels.ceil_to(c, 64) != c:
                 y = self.builder_.emit(R.strided_slice(y, axes=[3], begin=[0], end=[c]))
-            self._count("depthwise_vnni", np.prod(ys) * wq[0].size)
+            self._count("depthwise_vnni", _numel(ys) * wq[0].size)
             return y
         if groups == c == o and wq.shape[1] == 1 and xdt in ("uint8", "int8"):
             xt = self.nhwc(x)
             wd = compat.const(kernels.pack_depthwise_weight(wq))
-            self._count("depthwise", np.prod(ys) * wq[0].size)
+            self._count("depthwise", _numel(ys) * wq[0].size)
             return self.builder_.emit_te(kernels.depthwise_nhwc, xt, wd, strides, pads, dilation,
                                          primfunc_name_hint="qcc_dwconv2d_nhwc")
         return None
@@ -214,8 +232,7 @@ class _ChannelsLast(compat.PyExprMutator):
         (per tensor, or per channel along `axis`, which moves to its NHWC position), so
         t(Q(x)) = Q(t(x)) bit for bit."""
         x = args[0]
-        if not isinstance(x, relax.Var) or x not in self.twin or _static_shape(x) is None \
-                or len(_static_shape(x)) != 4:
+        if not isinstance(x, relax.Var) or x not in self.twin or _shape(x) is None or len(_shape(x)) != 4:
             return None
         s, z = compat.const_numpy(args[1]), compat.const_numpy(args[2])
         if s is None or z is None:
@@ -274,26 +291,27 @@ class _ChannelsLast(compat.PyExprMutator):
         """uint8 activation @ uint8 / int8 activation (attention's products) on VNNI: b packed at run
         time, as b - 128 when uint8 (kernels.pack_rhs) with the 128 * rowsum(x) term added back."""
         bdt = compat.tensor_dtype(b)
-        if len(xs) != len(bs) or len(xs) < 2 or xs[:-2] != bs[:-2] or xs[-1] != bs[-2] or bdt not in ("uint8", "int8"):
+        if (len(xs) != len(bs) or len(xs) < 2 or not all(_same(a, c) for a, c in zip(xs[:-2], bs[:-2]))
+                or not _same(xs[-1], bs[-2]) or bdt not in ("uint8", "int8")):
             return None
         m, k, n = xs[-2], xs[-1], bs[-1]
         bp = self.builder_.emit_te(kernels.pack_rhs, b, primfunc_name_hint="qcc_pack_rhs")
         y = self.builder_.emit_te(kernels.batch_dense_packed, x, bp, primfunc_name_hint="qcc_dense_vnni")
-        if kernels.ceil_to(n, 16) != n:
+        if not isinstance(n, int) or kernels.ceil_to(n, 16) != n:
             y = self.builder_.emit(R.strided_slice(y, axes=[len(xs) - 1], begin=[0], end=[n]))
         if bdt == "uint8":
             rowsum = R.sum(R.astype(x, "int32"), axis=[-1], keepdims=True)
             y = self.builder_.emit(R.add(y, R.multiply(rowsum, compat.const(np.int32(128)))))
-        self._count("dense_vnni", int(np.prod(xs[:-2])) * m * k * n)
+        self._count("dense_vnni", _numel([*xs[:-2], m, k, n]))
         return ("plain", y)
 
     def _matmul(self, call, args):
         x, w = args[0], call.args[1]
         wq = compat.const_numpy(w)
-        xs = _static_shape(x)
+        xs = _shape(x)
         if (self.vnni and wq is None and xs is not None and compat.tensor_dtype(x) == "uint8"
-                and str(call.attrs.out_dtype) == "int32" and _static_shape(args[1]) is not None):
-            return self._matmul_activations(x, args[1], xs, _static_shape(args[1]))
+                and str(call.attrs.out_dtype) == "int32" and _shape(args[1]) is not None):
+            return self._matmul_activations(x, args[1], xs, _shape(args[1]))
         if (not self.gemm or wq is None or wq.dtype != np.int8 or wq.ndim != 2 or xs is None or len(xs) < 2
                 or compat.tensor_dtype(x) != "uint8" or str(call.attrs.out_dtype) != "int32"):
             return None
@@ -303,7 +321,7 @@ class _ChannelsLast(compat.PyExprMutator):
                                   primfunc_name_hint=f"qcc_dense_{self.isa}")
         if kernels.ceil_to(n, 16) != n:
             y = self.builder_.emit(R.strided_slice(y, axes=[len(xs) - 1], begin=[0], end=[n]))
-        self._count(f"dense_{self.isa}", int(np.prod(xs[:-1])) * k * n)
+        self._count(f"dense_{self.isa}", _numel(xs[:-1]) * k * n)
         return ("plain", y)
 
     # -- driver -----------------------------------------------------------------------------
@@ -411,14 +429,14 @@ def int8_macs(mod) -> int:
     for block in mod["main"].body.blocks:
         for b in block.bindings:
             name = compat.op_name(b.value)
-            out = _static_shape(b.var)
+            out = _shape(b.var)
             if out is None or compat.tensor_dtype(b.var) != "int32":
                 continue
             w = _static_shape(b.value.args[1]) if name in ("relax.nn.conv2d", "relax.matmul") else None
             if w is None:
                 continue
             if name == "relax.nn.conv2d":
-                total += int(np.prod(out)) * int(np.prod(w[1:]))
+                total += _numel(out) * int(np.prod(w[1:]))
             else:
-                total += int(np.prod(out)) * int(w[-2])
+                total += _numel(out) * int(w[-2])
     return total

@@ -24,7 +24,9 @@ raises, and the caller keeps TVM's default code for that function.
 
 from __future__ import annotations
 
-from tvm import s_tir
+from tvm import s_tir, tirx
+
+from .. import compat
 
 from .intrin import VNNI_16x4, VNNI_LANEWISE_16x4
 from .kernels import CONV_BLOCK, DENSE_BLOCK, DW_BLOCK, DW_VNNI_BLOCK, PAD_BLOCK
@@ -44,11 +46,20 @@ def _has_block(sch, name: str) -> bool:
         return False
 
 
-def _extent(sch, loop) -> int:
-    return int(sch.get(loop).extent)
+def _extent(sch, loop) -> int | None:
+    """A loop's trip count, None where symbolic (a dynamic batch, sequence length or image size)."""
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
 
 
-def _divisor(n: int, limit: int) -> int:
+def _same_extent(a, b) -> bool:
+    return compat.prove_equal(a, b)
+
+
+def _divisor(n: int | None, limit: int) -> int:
+    """The largest tile <= limit dividing n; `limit` for a symbolic n (the split then has a tail)."""
+    if n is None:
+        return limit
     for d in range(min(n, limit), 0, -1):
         if n % d == 0:
             return d
@@ -84,6 +95,8 @@ def _schedule_pad(sch):
 def _vectorize_inner(sch, block, lanes=16):
     inner = sch.get_loops(block)[-1]
     ext = _extent(sch, inner)
+    if ext is None:     # a symbolic innermost extent: scalar code
+        return
     if ext % lanes == 0 and ext > lanes:
         _, inner = sch.split(inner, [None, lanes])
     if ext % lanes == 0 or ext <= 4 * lanes:
@@ -215,8 +228,8 @@ def schedule_dense(sch, mt_max=None, nbt_max=None):
     acc = sch.cache_write(d, 0, ACC_SCOPE)
     *batch, m, n, rk = sch.get_loops(d)     # batch: kernels.batch_dense_packed
     mt = _divisor(_extent(sch, m), mt_max)
-    nb = _extent(sch, n) // 16
-    nbt = _divisor(nb, nbt_max)
+    n_ext = _extent(sch, n)    # symbolic: attention's run-time packed sequence axis
+    nbt = _divisor(n_ext // 16, nbt_max) if n_ext is not None else 1
     mo, mi = sch.split(m, [None, mt])
     nbo, n16 = sch.split(n, [None, 16])
     nbo, nbi = sch.split(nbo, [None, nbt])
@@ -271,9 +284,10 @@ def schedule_generic(sch):
                     break
                 if int(iters[n_outer].iter_type) != 0 if n_outer < len(iters) else True:
                     break
-                total *= _extent(sch, lp)
+                total *= _extent(sch, lp) or 64     # a symbolic extent: assume enough to split
                 n_outer += 1
-            if spatial and _vector_dtypes(sch.get(b)) and len(loops) > n_outer and _extent(sch, loops[-1]) % 16 == 0:
+            inner = _extent(sch, loops[-1])
+            if spatial and _vector_dtypes(sch.get(b)) and len(loops) > n_outer and inner and inner % 16 == 0:
                 _, v = sch.split(loops[-1], [None, 16])
                 sch.vectorize(v)
             if n_outer >= 1 and total >= 2:
@@ -297,10 +311,11 @@ def schedule_rows(sch):
     reductions = [b for b in blocks if any(int(iv.iter_type) != 0 for iv in sch.get(b).iter_vars)]
     if not reductions:
         raise ValueError("row rule: no reduction")
-    rows = [int(sch.get(lp).extent) for lp in sch.get_loops(out)[:-1]]
+    rows = [sch.get(lp).extent for lp in sch.get_loops(out)[:-1]]
     for b in reductions:   # a row reduction: its spatial domain is the output's rows, reduced over one axis
         ivs = sch.get(b).iter_vars
-        if [int(iv.dom.extent) for iv in ivs if int(iv.iter_type) == 0] != rows or \
+        spatial = [iv.dom.extent for iv in ivs if int(iv.iter_type) == 0]
+        if len(spatial) != len(rows) or not all(_same_extent(a, r) for a, r in zip(spatial, rows)) or \
                 sum(int(iv.iter_type) != 0 for iv in ivs) != 1 or int(ivs[-1].iter_type) == 0:
             raise ValueError("row rule: not a reduction over the innermost axis")
     red_names = {sch.get(b).name_hint for b in reductions}
@@ -348,6 +363,8 @@ def schedule_matmul(sch, rows_max=4):
         raise ValueError("matmul with fewer than two spatial loops")
     i, j = sp[-2], sp[-1]
     jext = _extent(sch, j)
+    if jext is None:
+        raise ValueError("matmul rule: symbolic innermost extent")
     if jext % 16 == 0 and jext > 16:
         jo, ji = sch.split(j, [None, 16])
     else:
