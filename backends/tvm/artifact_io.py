@@ -73,7 +73,7 @@ def check_shapes(spec: dict, arrays: dict[str, np.ndarray]) -> dict[str, int]:
             lo, hi = ranges.get(w, (1, None))
             if d < lo or (hi is not None and d > hi):
                 raise QccError(f"input {inp['name']!r} axis {axis} ({w}) is {d}; this build takes {lo}..{hi}"
-                               " (compile with --dynamic to widen it)")
+                               " (build it with a wider range)")
             if bound.setdefault(w, d) != d:
                 raise QccError(f"input {inp['name']!r} axis {axis} ({w}) is {d}, another input has {w} = {bound[w]}")
     return bound

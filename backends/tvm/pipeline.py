@@ -59,13 +59,19 @@ def io_spec(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict:
                 dims = [_symbol(vi, i, None) for i in range(len(given))]
             if len(given) != len(dims):
                 raise QccError(f"input_shapes[{vi.name!r}] has rank {len(given)}, the model input has rank {len(dims)}")
-            # "batch" keeps the model's dim 0 (a model fixed at batch 1 stays so); another name makes it symbolic
-            dims = [int(g) if isinstance(g, (int, np.integer)) and g > 0 else g if isinstance(g, str) and g != BATCH
-                    else d for g, d in zip(given, dims)]
+            dims = [_given_dim(g, d) for g, d in zip(given, dims)]
         inputs.append({"name": vi.name, "dtype": _ONNX_DTYPE.get(tt.elem_type, "float32"), "shape": dims})
     outputs = [{"name": o.name, "dtype": _ONNX_DTYPE.get(o.type.tensor_type.elem_type, "float32")}
                for o in model.graph.output]
     return {"inputs": inputs, "outputs": outputs}
+
+
+def _given_dim(given, model_dim):
+    """An input_shapes entry over the model's dim: an int pins it, a name makes it that symbol; "batch"
+    or None keeps the model's (a model fixed at batch 1 stays so)."""
+    if isinstance(given, (int, np.integer)) and given > 0:
+        return int(given)
+    return given if isinstance(given, str) and given != BATCH else model_dim
 
 
 def symbols(spec: dict) -> list[str]:

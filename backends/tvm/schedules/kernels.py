@@ -44,6 +44,8 @@ The block names below are what schedule.py looks for in the fused functions.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from tvm import te, tirx
 
@@ -64,19 +66,6 @@ def dims(shape) -> list:
     """A TE shape as ints where static, the TIR expression where symbolic (a dynamic batch, sequence
     length or image size stays a loop bound of the kernel)."""
     return [int(d) if isinstance(d, tirx.IntImm) else d for d in shape]
-
-
-def _simplify(v):
-    """A symbolic extent in TVM's canonical form: Relax compares the shapes of one value across the
-    functions that read it structurally (FuseTIR), so (H - 1) // 4 + 1 + 1 - 1 must read (H - 1) // 4 + 1."""
-    return compat.simplify(v)
-
-
-def _prod(values):
-    p = 1
-    for v in values:
-        p = p * v
-    return p
 
 
 def pack_conv_weight(w: np.ndarray, kmajor: bool = False) -> np.ndarray:
@@ -143,7 +132,7 @@ def _pad(x, pads, channels):
     pt, pl, pb, pr = pads
     if not any(pads) and channels == c:
         return x
-    shape = (n, _simplify(h + pt + pb), _simplify(w + pl + pr), channels)
+    shape = (n, compat.simplify(h + pt + pb), compat.simplify(w + pl + pr), channels)
 
     def f(i, y, z, k):
         inside = te.all(y >= pt, y < h + pt, z >= pl, z < w + pl, k < c)
@@ -154,8 +143,10 @@ def _pad(x, pads, channels):
 def _out_hw(h, w, kh, kw, strides, pads, dilation) -> tuple[int, int]:
     """Output height and width of a 2-D window op (pads = top, left, bottom, right)."""
     pt, pl, pb, pr = pads
-    return (_simplify((h + pt + pb - dilation[0] * (kh - 1) - 1) // strides[0] + 1),
-            _simplify((w + pl + pr - dilation[1] * (kw - 1) - 1) // strides[1] + 1))
+    # canonical symbolic extents: FuseTIR compares one value's shape across the functions reading it
+    # structurally, so (H - 1) // 4 + 1 + 1 - 1 must read (H - 1) // 4 + 1
+    return (compat.simplify((h + pt + pb - dilation[0] * (kh - 1) - 1) // strides[0] + 1),
+            compat.simplify((w + pl + pr - dilation[1] * (kw - 1) - 1) // strides[1] + 1))
 
 
 def conv2d_nhwc_packed(x, wp, strides, pads, dilation):
@@ -225,7 +216,7 @@ def pack_rhs(b):
     K4/4, 16, 4] int8 (B = product of the leading dims, zero padded). uint8 is stored as b - 128,
     so that a @ b = a @ (b - 128) + 128 * rowsum(a) runs on vpdpbusd (uint8 x int8)."""
     *lead, k, n = dims(b.shape)
-    bt = _prod(lead)
+    bt = math.prod(lead)
     nb, kb = ceil_to(n, 16) // 16, ceil_to(k, 4) // 4
     shift = 128 if b.dtype == "uint8" else 0
 

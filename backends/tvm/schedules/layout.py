@@ -29,7 +29,8 @@ Rules (t(.) of an operand: its twin, or a permute of it, or a constant permuted 
                                                            + 128 * rowsum(x)   (int8 b: no shift)
 
 An elementwise op is rewritten only when one operand already has a twin (a graph that never meets a
-conv keeps its layout). Values with a dynamic dimension are left alone.
+conv keeps its layout). Symbolic dims (batch, sequence length, image size) pass through to the
+kernels as loop bounds; channel and weight dims must be static.
 """
 
 from __future__ import annotations
@@ -60,21 +61,9 @@ def _static_shape(expr) -> list[int] | None:
     return shape
 
 
-def _shape(expr) -> list | None:
-    """Dims as ints where static, TIR expressions where symbolic (batch, sequence length, image size:
-    the kernels take them as loop bounds); None where the shape is unknown."""
-    return compat.tensor_shape(expr)
-
-
 def _numel(shape) -> int:
     """Elements of a shape counting each symbolic dim once (MAC counts are per unit of a dynamic dim)."""
     return int(np.prod([d for d in shape if isinstance(d, int)]))
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, int) or isinstance(b, int):
-        return isinstance(a, int) and isinstance(b, int) and a == b
-    return bool(compat.prove_equal(a, b))
 
 
 def _const_nhwc(a: np.ndarray) -> np.ndarray | None:
@@ -110,7 +99,7 @@ class _ChannelsLast(compat.PyExprMutator):
         if expr in self.twin:
             t = self.twin[expr]
             return self._natural(t) if t in self.lane else t
-        shape = _shape(expr)
+        shape = compat.tensor_shape(expr)
         if shape is None or len(shape) not in (0, 4):
             return None
         if len(shape) == 0:
@@ -134,7 +123,7 @@ class _ChannelsLast(compat.PyExprMutator):
         x, w = args[0], call.args[1]
         attrs = call.attrs
         wq = compat.const_numpy(w)
-        xs, ys = _shape(x), _shape(call)
+        xs, ys = compat.tensor_shape(x), compat.tensor_shape(call)
         if (wq is None or wq.dtype != np.int8 or xs is None or ys is None or not isinstance(xs[1], int)
                 or str(attrs.out_dtype) != "int32"
                 or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW"):
@@ -180,7 +169,7 @@ class _ChannelsLast(compat.PyExprMutator):
     def _elementwise(self, call, args):
         if not any(a in self.twin for a in args if isinstance(a, relax.Var)):
             return None
-        if compat.tensor_shape(call) is None or len(compat.tensor_shape(call)) != 4:
+        if len(compat.tensor_shape(call) or []) != 4:
             return None
         if self._binding_var in self.lane_vars:
             out = self._elementwise_lane(call, args)
@@ -232,7 +221,7 @@ class _ChannelsLast(compat.PyExprMutator):
         (per tensor, or per channel along `axis`, which moves to its NHWC position), so
         t(Q(x)) = Q(t(x)) bit for bit."""
         x = args[0]
-        if not isinstance(x, relax.Var) or x not in self.twin or _shape(x) is None or len(_shape(x)) != 4:
+        if not isinstance(x, relax.Var) or x not in self.twin or len(compat.tensor_shape(x) or []) != 4:
             return None
         s, z = compat.const_numpy(args[1]), compat.const_numpy(args[2])
         if s is None or z is None:
@@ -291,8 +280,8 @@ class _ChannelsLast(compat.PyExprMutator):
         """uint8 activation @ uint8 / int8 activation (attention's products) on VNNI: b packed at run
         time, as b - 128 when uint8 (kernels.pack_rhs) with the 128 * rowsum(x) term added back."""
         bdt = compat.tensor_dtype(b)
-        if (len(xs) != len(bs) or len(xs) < 2 or not all(_same(a, c) for a, c in zip(xs[:-2], bs[:-2]))
-                or not _same(xs[-1], bs[-2]) or bdt not in ("uint8", "int8")):
+        if (len(xs) != len(bs) or len(xs) < 2 or not all(compat.prove_equal(a, c) for a, c in zip(xs[:-2], bs[:-2]))
+                or not compat.prove_equal(xs[-1], bs[-2]) or bdt not in ("uint8", "int8")):
             return None
         m, k, n = xs[-2], xs[-1], bs[-1]
         bp = self.builder_.emit_te(kernels.pack_rhs, b, primfunc_name_hint="qcc_pack_rhs")
@@ -308,10 +297,10 @@ class _ChannelsLast(compat.PyExprMutator):
     def _matmul(self, call, args):
         x, w = args[0], call.args[1]
         wq = compat.const_numpy(w)
-        xs = _shape(x)
+        xs = compat.tensor_shape(x)
         if (self.vnni and wq is None and xs is not None and compat.tensor_dtype(x) == "uint8"
-                and str(call.attrs.out_dtype) == "int32" and _shape(args[1]) is not None):
-            return self._matmul_activations(x, args[1], xs, _shape(args[1]))
+                and str(call.attrs.out_dtype) == "int32" and compat.tensor_shape(args[1]) is not None):
+            return self._matmul_activations(x, args[1], xs, compat.tensor_shape(args[1]))
         if (not self.gemm or wq is None or wq.dtype != np.int8 or wq.ndim != 2 or xs is None or len(xs) < 2
                 or compat.tensor_dtype(x) != "uint8" or str(call.attrs.out_dtype) != "int32"):
             return None
@@ -429,7 +418,7 @@ def int8_macs(mod) -> int:
     for block in mod["main"].body.blocks:
         for b in block.bindings:
             name = compat.op_name(b.value)
-            out = _shape(b.var)
+            out = compat.tensor_shape(b.var)
             if out is None or compat.tensor_dtype(b.var) != "int32":
                 continue
             w = _static_shape(b.value.args[1]) if name in ("relax.nn.conv2d", "relax.matmul") else None

@@ -52,10 +52,6 @@ def _extent(sch, loop) -> int | None:
     return int(ext) if isinstance(ext, tirx.IntImm) else None
 
 
-def _same_extent(a, b) -> bool:
-    return compat.prove_equal(a, b)
-
-
 def _divisor(n: int | None, limit: int) -> int:
     """The largest tile <= limit dividing n; `limit` for a symbolic n (the split then has a tail)."""
     if n is None:
@@ -315,7 +311,7 @@ def schedule_rows(sch):
     for b in reductions:   # a row reduction: its spatial domain is the output's rows, reduced over one axis
         ivs = sch.get(b).iter_vars
         spatial = [iv.dom.extent for iv in ivs if int(iv.iter_type) == 0]
-        if len(spatial) != len(rows) or not all(_same_extent(a, r) for a, r in zip(spatial, rows)) or \
+        if len(spatial) != len(rows) or not all(compat.prove_equal(a, r) for a, r in zip(spatial, rows)) or \
                 sum(int(iv.iter_type) != 0 for iv in ivs) != 1 or int(ivs[-1].iter_type) == 0:
             raise ValueError("row rule: not a reduction over the innermost axis")
     red_names = {sch.get(b).name_hint for b in reductions}
