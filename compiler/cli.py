@@ -118,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
                         "each; a tuned schedule is used only where it measures faster (database: $QCC_TUNE_DB "
                         "or ~/.cache/qcc/tune-db)")
     c.add_argument("--tune-minutes", type=float, metavar="M", help="stop tuning after M minutes (keeps the best found)")
+    shape = c.add_mutually_exclusive_group()
+    shape.add_argument("--dynamic", nargs="+", action="extend", default=[], metavar="INPUT:AXIS=MIN..MAX",
+                       help="llvm: keep this input dim open within MIN..MAX (default 1..any); without --dynamic "
+                            "or --static the dims the model leaves open (dim_param, -1) stay open")
+    shape.add_argument("--static", action="store_true",
+                       help="llvm: pin every input dim to the calibration sample's (batch 1, other batches in "
+                            "chunks): the fastest code for that one shape")
     c.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     c.set_defaults(func=_compile)
 
@@ -228,7 +235,7 @@ def _compile(args) -> int:
                            out_dir=args.output, force=args.force, progress=progress, mcpu=args.mcpu, log=log,
                            mattr=[f for f in args.mattr.split(",") if f] if args.mattr else None, arch=args.arch,
                            tune_trials=args.tune, tune_minutes=args.tune_minutes, metrics=args.metric,
-                           max_loss=args.max_loss)
+                           max_loss=args.max_loss, dynamic=args.dynamic, static=args.static)
     if not args.quiet:
         _summary(result.report, result.out_dir, time.perf_counter() - t0)
     return 0

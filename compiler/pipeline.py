@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import loss_metrics, stages, targets
+from . import loss_metrics, shapes, stages, targets
 from .artifact import check_output_dir
 from .config import QuantConfig
 from .errors import QccError
@@ -48,8 +48,10 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
                   progress: bool = True, example_inputs: Any = None, mcpu: str | None = None,
                   log=None, mattr: list[str] | None = None, arch: str | None = None,
                   tune_trials: int | None = None, tune_minutes: float | None = None,
-                  metrics: list[str] | None = None, max_loss: float | None = None) -> CompileResult:
-    """metrics: loss metrics (compiler/loss_metrics.py names or MODULE:FUNCTION) whose values the report
+                  metrics: list[str] | None = None, max_loss: float | None = None,
+                  dynamic: list[str] | None = None, static: bool = False) -> CompileResult:
+    """dynamic / static: which input dims a built library keeps open (`--dynamic INPUT:AXIS=MIN..MAX`,
+    `--static`; compiler/shapes.py; default: the model's open dims). metrics: loss metrics (compiler/loss_metrics.py names or MODULE:FUNCTION) whose values the report
     adds under fidelity.metrics. max_loss: raise layers' precision until the first metric's loss (auto
     without one) is at most this (compiler/precision_search.py)."""
     config = config or QuantConfig()
@@ -58,12 +60,14 @@ def compile_model(model: Any, calib: dict[str, np.ndarray], *, config: QuantConf
     if max_loss is not None and not (math.isfinite(max_loss) and max_loss >= 0):
         raise QccError(f"--max-loss must be a finite number >= 0, got {max_loss}")
     passes.validate(config)   # unknown pass, a config it refuses, a missing optional package: before any work
+    shape_plan = shapes.plan(dynamic, static)
     tune = targets.check_options(target, arch=arch, tune_trials=tune_trials, tune_minutes=tune_minutes,
-                                 progress=progress)   # an unknown target, or a flag it does not take
+                                 progress=progress, shapes=shape_plan)   # an unknown target, or a flag it does not take
     if out_dir is not None:
         check_output_dir(Path(out_dir), force)  # fail before any work, not after
     # no output folder, a scheme the target does not lower, a flag it refuses: before calibrating
-    backend = targets.prepare(target, config, out_dir, mcpu=mcpu, mattr=mattr, arch=arch, tune=tune, log=log)
+    backend = targets.prepare(target, config, out_dir, mcpu=mcpu, mattr=mattr, arch=arch, tune=tune,
+                              shapes=shape_plan, log=log)
 
     state = stages.CompileState(model, config, calib, eval_data, labels, example_inputs, progress, Trace(log))
     state.metrics = chosen

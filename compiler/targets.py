@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .backends import targets as _records
 from .errors import QccError
+from .shapes import ShapePlan
 from .target_record import FP8_SCHEMES, INT8_SCHEMES, Target  # noqa: F401  (re-exported)
 
 
@@ -100,9 +101,14 @@ def _owners(option: str) -> str:
 
 
 def check_options(name: str, *, arch: str | None = None, tune_trials: int | None = None,
-                  tune_minutes: float | None = None, progress: bool = True) -> dict | None:
-    """The flags only some targets take, before any work. Returns the MetaSchedule settings (or None)."""
+                  tune_minutes: float | None = None, progress: bool = True, shapes=None) -> dict | None:
+    """The flags only some targets take, before any work. Returns the MetaSchedule settings (or None).
+    shapes: the ShapePlan of --dynamic / --static (compiler/shapes.py)."""
     record = get(name)
+    if shapes is not None and shapes.given and "shapes" not in record.options:
+        flag = "--static" if shapes.static else "--dynamic"
+        raise QccError(f"{flag} applies to --target {_owners('shapes')} only (got --target {name}"
+                       + (": the QDQ ONNX keeps the model's dims, every shape runs)" if name == "onnx" else ")"))
     tune = None
     if tune_trials is not None or tune_minutes is not None:   # MetaSchedule tuning (backends/tvm/tune.py)
         if "tune" not in record.options:
@@ -130,7 +136,7 @@ def config_schemes(config) -> frozenset:
 
 
 def prepare(name: str, config, out_dir, *, mcpu: str | None = None, mattr: list[str] | None = None,
-            arch: str | None = None, tune: dict | None = None, log=None) -> "Build | None":
+            arch: str | None = None, tune: dict | None = None, shapes=None, log=None) -> "Build | None":
     """Everything a target refuses, before calibrating: no output folder, a scheme it does not lower,
     a flag its configure refuses. Returns the build to run into the artifact folder (None: the
     target builds nothing beyond the QDQ graph)."""
@@ -146,7 +152,7 @@ def prepare(name: str, config, out_dir, *, mcpu: str | None = None, mattr: list[
     target = record.configure_target(Options(mcpu=mcpu, mattr=mattr, arch=arch, schemes=schemes))
     if log is not None:
         log(f"TVM target: {target}")
-    return Build(record, name, target, tune)
+    return Build(record, name, target, tune, shapes or ShapePlan())
 
 
 @dataclass
@@ -161,6 +167,7 @@ class BuildJob:
     eval_data: dict | None
     log: Callable[[str], None]
     tune: dict | None = None
+    shapes: ShapePlan = field(default_factory=ShapePlan)   # --dynamic / --static (compiler/shapes.py)
 
     def check_feeds(self) -> dict:
         """The samples the build is checked on: the first `record.samples` of the evaluation set (else calibration)."""
@@ -178,12 +185,13 @@ class Build:
     name: str
     target: dict | None
     tune: dict | None = None
+    shapes: ShapePlan = field(default_factory=ShapePlan)
 
     def build(self, folder: Path, qdq_model, calib, eval_data, log=None) -> tuple[dict, dict, dict]:
         """Build into `folder`. Returns (report["backend"], manifest files to add, manifest hash key -> path)."""
         folder = Path(folder)
         job = BuildJob(self.name, self.record, qdq_model, self.target, folder, calib, eval_data,
-                       log or (lambda msg: None), self.tune)
+                       log or (lambda msg: None), self.tune, self.shapes)
         info = self.record.function("build")(job)
         files, hashed = _LAYOUTS[self.record.layout](folder, info["files"])
         return info, files, hashed

@@ -90,9 +90,10 @@ def embedding_model(num_layers: int | None = None):
 
 
 def export_minilm(path: str | Path, seq_len: int = 128, num_layers: int | None = None) -> Path:
-    """Export the embedding module to ONNX (legacy exporter, opset 17, dynamic batch axis).
+    """Export the embedding module to ONNX (legacy exporter, opset 17), batch and sequence dynamic
+    (``batch``, ``sequence``), as Hugging Face exports are: one graph for every sentence length.
 
-    The sequence length is fixed at ``seq_len`` (inputs are padded to it by :func:`tokenize`).
+    ``seq_len`` is the length of the traced dummy batch only.
     """
     import torch
 
@@ -104,10 +105,12 @@ def export_minilm(path: str | Path, seq_len: int = 128, num_layers: int | None =
     mask = torch.ones((2, seq_len), dtype=torch.int64)
     mask[1, seq_len // 2:] = 0
     types = torch.zeros((2, seq_len), dtype=torch.int64)
-    dyn = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
+    dyn = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    dyn[OUTPUT_NAME] = {0: "batch"}
     with torch.no_grad(), warnings.catch_warnings():
         # Known-benign warnings: the legacy exporter is chosen on purpose; transformers' mask
-        # code branches on the (fixed) sequence length, which the trace may treat as constant;
+        # code branches on the sequence length (padding_length = 0 at every length: the graph matches
+        # torch at other lengths, tests/test_real_models.py);
         # its index ops use non-negative indices only.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")

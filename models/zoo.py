@@ -103,8 +103,9 @@ def _minilm_builder(name: str, num_layers: int | None):
     def build(cache_dir: Path | None, n_calib: int, n_eval: int) -> ZooEntry:
         from .minilm import export_minilm, tokenize
 
+        # "-seq": the export with a dynamic sequence axis (an older cached file fixed it at 128)
         path = _cached_export(
-            name, cache_dir, lambda p: export_minilm(p, MINILM_SEQ_LEN, num_layers=num_layers))
+            f"{name}-seq", cache_dir, lambda p: export_minilm(p, MINILM_SEQ_LEN, num_layers=num_layers))
         # One shuffle sliced in two: calibration and evaluation sentences are disjoint.
         sents = datasets.sentences(n_calib + n_eval, seed=0)
         return ZooEntry(name, path, tokenize(sents[:n_calib], MINILM_SEQ_LEN),

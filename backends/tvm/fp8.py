@@ -21,7 +21,7 @@ s | max_code, NaN -> s | nan_code. Decoding is the inverse: a normal code c = s|
 with bits s<<24 | (e - B + 127) << 23 | m << (23 - M); a subnormal is m * 2**(1 - B - M) (exact);
 E4M3FN's 0x7F and E5M2's exponent 31 are NaN / inf.
 
-FP8 QDQ graphs (schemes fp8-e4m3 / fp8-e5m2) import through `prepare_onnx` + `onnx_converters`:
+FP8 QDQ graphs (schemes fp8-e4m3 / fp8-e5m2) import through `prepare_onnx` + the converters below (listed in onnx_converters.py):
 QuantizeLinear / DequantizeLinear with an FP8 type become qcc's own ops on uint8 bits
 
     Q(x, s)  = encode(x / s)            (uint8 bits; zero point must be +0, as ONNX's FP8 QDQ uses)
@@ -34,7 +34,6 @@ On GPUs with FP8 hardware `operands_to_fp8` (below) lets conv2d / matmul read th
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -228,7 +227,7 @@ def _axis_scale(bb, x, scale, axis: int):
     return bb.normalize(relax.op.reshape(scale, target))
 
 
-class _Quantize:
+class Quantize:
     """Importer for QccFp8Quantize: encode(x / s)."""
 
     @classmethod
@@ -243,7 +242,7 @@ class _Quantize:
         return encode(bb, bb.normalize(relax.op.divide(x, s)), fmt)
 
 
-class _Dequantize:
+class Dequantize:
     """Importer for QccFp8Dequantize: decode(c) * s."""
 
     @classmethod
@@ -260,27 +259,6 @@ class _Dequantize:
 
 def _attr_str(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
-
-
-@contextlib.contextmanager
-def onnx_converters():
-    """TVM's ONNX frontend with qcc's two FP8 ops added (0.27 has no custom-converter hook, so its
-    module-level converter table is wrapped for the duration of one import)."""
-    from tvm.relax.frontend.onnx import onnx_frontend as frontend
-
-    original = frontend._get_convert_map
-
-    def patched():
-        table = dict(original())
-        table[QUANTIZE_OP] = _Quantize
-        table[DEQUANTIZE_OP] = _Dequantize
-        return table
-
-    frontend._get_convert_map = patched
-    try:
-        yield
-    finally:
-        frontend._get_convert_map = original
 
 
 # ------------------------------------------------------------------------------------------------
@@ -424,4 +402,4 @@ def fp8_ops(mod) -> dict[str, int]:
 
 
 __all__ = ["E4M3FN", "E5M2", "FORMATS", "Fp8Format", "decode", "decode_expr", "decode_te", "encode",
-           "encode_expr", "encode_te", "fp8_ops", "has_fp8", "onnx_converters", "operands_to_fp8", "prepare_onnx"]
+           "encode_expr", "encode_te", "fp8_ops", "has_fp8", "operands_to_fp8", "prepare_onnx"]

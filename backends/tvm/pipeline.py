@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from qcc.errors import QccError
 
-from . import compat, cuda, fp8, onnx_prep, schedules
+from . import compat, cuda, fp8, onnx_converters, onnx_prep, schedules
 from .artifact_io import BATCH, IO_SPEC, LIBRARY, input_shapes_from, write_spec  # noqa: F401  (re-exported)
 from .compat import relax
 from .lowering import lower_to_integer
@@ -94,7 +94,7 @@ def _import(model: onnx.ModelProto, spec: dict):
         model = _copy(model)
         fp8.prepare_onnx(model)
     try:
-        with fp8.onnx_converters():
+        with onnx_converters.patched():
             return compat.from_onnx(model, shape_dict=shape_dict)
     except Exception as exc:  # the frontend raises plain Python errors with long IR dumps
         first = str(exc).strip().splitlines()
@@ -215,7 +215,8 @@ def build(qdq_model: onnx.ModelProto, target: dict, out_dir: Path, input_shapes:
                                              require_dynamic=require_dynamic)
     dynamic = symbols(spec)
     if dynamic and ranges:
-        spec["ranges"] = {k: [int(v[0]), int(v[1])] for k, v in ranges.items() if k in dynamic}
+        spec["ranges"] = {k: [int(v[0]), None if v[1] is None else int(v[1])]
+                          for k, v in ranges.items() if k in dynamic}
     t_lower = time.perf_counter() - t0
     # x86 llvm: qcc's packed int8 kernels + rule-based schedules (schedules/); elsewhere TVM's default
     tuned, schedule_info = None, {}
