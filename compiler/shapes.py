@@ -68,8 +68,43 @@ def plan(dynamic: list[str] | tuple | None = None, static: bool = False) -> Shap
     return ShapePlan(static=static, dynamic=dims)
 
 
-def _symbol(name: str, axis: int) -> str:
-    return BATCH if axis == 0 else "".join(c if c.isalnum() else "_" for c in f"{name}_{axis}")
+def symbol(input_name: str, axis: int, dim_param: str | None = None) -> str:
+    """The name of an open input dim: "batch" for axis 0, else its dim_param (inputs that share one,
+    input_ids and attention_mask's "sequence", share the dim), else input_axis; C-identifier safe."""
+    if axis == 0:
+        return BATCH
+    return "".join(c if c.isalnum() else "_" for c in (dim_param or f"{input_name}_{axis}"))
+
+
+def parse_sizes(text: str) -> dict[str, int]:
+    """`qcc bench --shapes` point: 'batch=4,sequence=64' -> {"batch": 4, "sequence": 64}."""
+    sizes = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if not name.strip() or not value.strip().isdigit() or int(value) < 1:
+            raise QccError(f"--shapes expects SYMBOL=N[,SYMBOL=N...] (e.g. batch=4,sequence=64), got {text!r}")
+        sizes[name.strip()] = int(value)
+    return sizes
+
+
+def fit(feeds: dict, dims: dict[str, list], sizes: dict[str, int]) -> dict:
+    """The feeds at `sizes`: each input's open dims (dims: name -> ints / symbols) cropped or, where
+    the data is shorter, repeated along that axis (`qcc bench --shapes` times real inputs at any size)."""
+    import numpy as np
+
+    unknown = sorted(set(sizes) - {d for ds in dims.values() for d in ds if isinstance(d, str)})
+    if unknown:
+        raise QccError(f"--shapes names {', '.join(unknown)}; this build's open dims are "
+                       f"{', '.join(sorted({d for ds in dims.values() for d in ds if isinstance(d, str)})) or 'none'}")
+    out = {}
+    for name, x in feeds.items():
+        x = np.asarray(x)
+        for axis, d in enumerate(dims.get(name, [])):
+            if isinstance(d, str) and d in sizes and axis < x.ndim:
+                reps = -(-sizes[d] // x.shape[axis])
+                x = np.take(np.concatenate([x] * reps, axis=axis) if reps > 1 else x, range(sizes[d]), axis=axis)
+        out[name] = np.ascontiguousarray(x)
+    return out
 
 
 def resolve(shape_plan: ShapePlan, inputs: list[dict], sample_shapes: dict[str, tuple]) -> dict:
@@ -91,7 +126,7 @@ def resolve(shape_plan: ShapePlan, inputs: list[dict], sample_shapes: dict[str, 
         dims = shapes[d.input]
         axis = d.axis % len(dims)
         if not isinstance(dims[axis], str):
-            dims[axis] = _symbol(d.input, axis)
+            dims[axis] = symbol(d.input, axis)
         sym = dims[axis]
         if sym in ranges and ranges[sym] != [d.lo, d.hi]:
             raise QccError(f"--dynamic gives {sym!r} (shared by several inputs) two ranges: {ranges[sym]} and "

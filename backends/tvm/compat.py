@@ -16,8 +16,8 @@ What this module owns:
 
 Which modules import ``tvm`` themselves: those that drive one TVM subsystem in depth, where a
 wrapper per call would only rename it: ``schedules/`` (TensorIR schedules, tensor intrinsics),
-``tune.py`` (MetaSchedule), ``cuda.py`` (the CUDA pipeline, nvcc, the GPU runtime), ``fp8.py``
-and ``coverage.py`` (the ONNX frontend's converter table). Everything else (the lowering, the
+``tune.py`` (MetaSchedule), ``cuda.py`` (the CUDA pipeline, nvcc, the GPU runtime),
+``onnx_converters.py`` and ``coverage.py`` (the ONNX frontend's converter table). Everything else (the lowering, the
 per-target builds, the runtimes) goes through the helpers below.
 """
 

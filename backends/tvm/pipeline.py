@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from qcc.errors import QccError
+from qcc.shapes import symbol
 
 from . import compat, cuda, fp8, onnx_converters, onnx_prep, schedules
 from .artifact_io import BATCH, IO_SPEC, LIBRARY, input_shapes_from, write_spec  # noqa: F401  (re-exported)
@@ -32,31 +33,22 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
-def _symbol(vi: onnx.ValueInfoProto, axis: int, dim) -> str:
-    """The symbol of an input dim the model leaves open: "batch" for axis 0, else its dim_param (so
-    inputs that share one, e.g. input_ids and attention_mask's "sequence", share it), else input_axis."""
-    if axis == 0:
-        return BATCH
-    name = dim.dim_param if dim is not None and dim.dim_param else f"{vi.name}_{axis}"
-    return "".join(c if c.isalnum() else "_" for c in name)
-
-
 def io_spec(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict:
     """Input names / dtypes / shapes and output names / dtypes. A dim is an int (static) or a symbol
-    (str): the model's open dims (dim_param, -1, 0) are symbols (`_symbol`) unless `input_shapes`
+    (str): the model's open dims (dim_param, -1, 0) are symbols (qcc.shapes.symbol) unless `input_shapes`
     pins them; in `input_shapes` an int pins a dim, a str other than "batch" makes it that symbol
     (also over a static dim of the model), None or "batch" keeps the model's."""
     input_shapes = input_shapes or {}
     inputs = []
     for vi in _graph_inputs(model):
         tt = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else _symbol(vi, i, d)
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else symbol(vi.name, i, d.dim_param)
                 for i, d in enumerate(tt.shape.dim)]
         given = input_shapes.get(vi.name)
         if given is not None:
             given = list(given)
             if not tt.HasField("shape"):
-                dims = [_symbol(vi, i, None) for i in range(len(given))]
+                dims = [symbol(vi.name, i) for i in range(len(given))]
             if len(given) != len(dims):
                 raise QccError(f"input_shapes[{vi.name!r}] has rank {len(given)}, the model input has rank {len(dims)}")
             dims = [_given_dim(g, d) for g, d in zip(given, dims)]
