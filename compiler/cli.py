@@ -142,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=300, help="timed runs per engine (default 300)")
     b.add_argument("--warmup", type=int, default=50, help="warm-up runs before each block of timed runs (default 50)")
     b.add_argument("--threads", type=_positive_int, help="CPU threads for every engine (default: the CPUs this process may use)")
+    b.add_argument("--shapes", nargs="+", metavar="SYMBOL=N[,...]",
+                   help="sweep the build's open dims, one JSON line per point, e.g. --shapes batch=1,sequence=16 "
+                        "batch=4,sequence=64 (inputs cropped or repeated to each size; printed, not recorded in the report)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_bench)
 
@@ -340,13 +343,15 @@ def _bench(args) -> int:
     """Steady-state latency (compiler/latency.py: each engine in its own process, warm-up, back-to-back
     runs, rounds alternated) of the artifact beside onnxruntime on its QDQ graph (onnxruntime's int8
     path) and on the FP32 source model, all at the same number of threads. One JSON line; the figures
-    go into the artifact's report.json / report.html."""
+    go into the artifact's report.json / report.html. With --shapes, one line per point of the sweep."""
     from .artifact import QDQ_MODEL, load
-    from .latency import Engine, measure
+    from .latency import Engine
+    from .shapes import fit, parse_sizes
     from .threads import default_threads
 
     if args.runs < 3 or args.batch < 1 or args.warmup < 0:
         raise QccError("--runs must be >= 3, --batch >= 1 and --warmup >= 0")
+    points = [parse_sizes(text) for text in args.shapes or []]
     threads = args.threads or default_threads()
     art = load(args.artifact, threads=threads)
     feeds = _bench_feeds(art, args)
@@ -358,6 +363,25 @@ def _bench(args) -> int:
         engines["onnxruntime_fp32"] = Engine("onnxruntime", source, threads)
     else:
         fp32_note = f"the FP32 source model {source!r} is not on this machine" if source else "no FP32 source recorded"
+    head = {"artifact": str(art.folder), "target": art.manifest["target"], "threads": threads}
+    if not points:
+        result = {**head, "batch": args.batch, **_bench_point(engines, feeds, args, fp32_note)}
+        print(json.dumps(result))
+        art.record_bench(result)
+        return 0
+    dims = _open_dims(art)
+    for sizes in points:
+        fitted = fit(feeds, dims, sizes)
+        line = {**head, "shapes": sizes, "input_shapes": {k: list(v.shape) for k, v in fitted.items()},
+                **_bench_point(engines, fitted, args, fp32_note)}
+        print(json.dumps(line), flush=True)
+    return 0
+
+
+def _bench_point(engines: dict, feeds: dict, args, fp32_note: str | None) -> dict:
+    """The medians and ratios of every engine on one set of feeds."""
+    from .latency import measure
+
     bar = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
@@ -368,8 +392,7 @@ def _bench(args) -> int:
     if bar:
         bar.close()
     ours = ms["qcc"]["median_ms"]
-    result = {"artifact": str(art.folder), "target": art.manifest["target"], "threads": threads,
-              "batch": args.batch, "runs": ms["qcc"]["runs"], "warmup": args.warmup,
+    result = {"runs": ms["qcc"]["runs"], "warmup": args.warmup,
               "median_ms": round(ours, 4), "p90_ms": round(ms["qcc"]["p90_ms"], 4),
               "onnxruntime_int8_median_ms": round(ms["onnxruntime_int8"]["median_ms"], 4),
               "ratio_vs_onnxruntime_int8": round(ours / ms["onnxruntime_int8"]["median_ms"], 3),
@@ -379,9 +402,25 @@ def _bench(args) -> int:
         result["ratio_vs_onnxruntime_fp32"] = round(ours / ms["onnxruntime_fp32"]["median_ms"], 3)
     else:
         result["onnxruntime_fp32_note"] = fp32_note
-    print(json.dumps(result))
-    art.record_bench(result)
-    return 0
+    return result
+
+
+def _open_dims(art) -> dict[str, list]:
+    """Each input's dims, open ones by name: the build's tvm_io.json where it has one (what the library
+    takes), else the QDQ graph's inputs named by the rule the TVM build uses (qcc.shapes.symbol)."""
+    import onnx
+
+    from .artifact import QDQ_MODEL
+    from .shapes import symbol
+
+    spec_path = art.folder / "tvm_io.json"   # backends/tvm/artifact_io.IO_SPEC, read without importing TVM
+    if spec_path.is_file():
+        return {i["name"]: i["shape"] for i in json.loads(spec_path.read_text())["inputs"]}
+    graph = onnx.load(str(art.folder / QDQ_MODEL), load_external_data=False).graph
+    inits = {t.name for t in graph.initializer}
+    return {vi.name: [d.dim_value if d.dim_value > 0 else symbol(vi.name, axis, d.dim_param)
+                      for axis, d in enumerate(vi.type.tensor_type.shape.dim)]
+            for vi in graph.input if vi.name not in inits}
 
 
 def _bench_feeds(art, args) -> dict[str, np.ndarray]:

@@ -131,11 +131,18 @@ def model_path(tmp_path_factory):
     return path
 
 
-def test_cli_dynamic_sequence_runs_other_lengths_and_refuses_out_of_range(model_path, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def dynamic_artifact(model_path, tmp_path_factory):
+    """The sequence model built once by `qcc compile --dynamic x:1=4..32`."""
     pytest.importorskip("qcc.backends.tvm")
-    out = tmp_path / "out"
+    out = tmp_path_factory.mktemp("dyn") / "out"
     assert cli_main(["compile", str(model_path), "--calib", str(model_path.with_suffix(".npz")), "--target", "llvm",
                      "--dynamic", "x:1=4..32", "-o", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_cli_dynamic_sequence_runs_other_lengths_and_refuses_out_of_range(dynamic_artifact, tmp_path, capsys):
+    out = dynamic_artifact
     backend = json.loads((out / "report.json").read_text())["backend"]
     assert backend["dynamic"] == {"batch": [1, None], "sequence": [4, 32]} and not backend["static_batch"]
     art = qcc.load(out)
@@ -170,3 +177,31 @@ def test_default_build_keeps_the_open_dims_and_static_pins_them(model_path, tmp_
     np.testing.assert_array_equal(art.run(_calib(8, 3, seed=2))[0], qcc.load(tmp_path / "dyn").run(_calib(8, 3, seed=2))[0])
     with pytest.raises(QccError, match=r"input 'x' has shape \[1, 13, 16\], this build expects \[1, 8, 16\]"):
         art.run({"x": x["x"][:1]})
+
+
+def test_bench_sizes_grammar_and_fit():
+    assert shapes.parse_sizes("batch=4,sequence=64") == {"batch": 4, "sequence": 64}
+    for bad in ("batch", "batch=0", "=3", "batch=x"):
+        with pytest.raises(QccError, match="--shapes expects SYMBOL=N"):
+            shapes.parse_sizes(bad)
+    x = np.arange(2 * 3 * 2).reshape(2, 3, 2)
+    dims = {"x": ["batch", "sequence", 2]}
+    got = shapes.fit({"x": x}, dims, {"batch": 1, "sequence": 7})["x"]
+    # cropped along batch, repeated (cyclically) along the sequence
+    np.testing.assert_array_equal(got, x[:1, [0, 1, 2, 0, 1, 2, 0]])
+    assert shapes.fit({"x": x}, dims, {"sequence": 2})["x"].shape == (2, 2, 2)
+    with pytest.raises(QccError, match="--shapes names width; this build's open dims are batch, sequence"):
+        shapes.fit({"x": x}, dims, {"width": 3})
+
+
+def test_cli_bench_sweeps_shapes_and_refuses_out_of_range(dynamic_artifact, capsys):
+    capsys.readouterr()
+    assert cli_main(["bench", str(dynamic_artifact), "--shapes", "sequence=4", "batch=2,sequence=32",
+                     "--runs", "3", "--warmup", "1", "--quiet"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["shapes"] for line in lines] == [{"sequence": 4}, {"batch": 2, "sequence": 32}]
+    assert [line["input_shapes"]["x"] for line in lines] == [[1, 4, HIDDEN], [2, 32, HIDDEN]]
+    assert all(line["median_ms"] > 0 and line["onnxruntime_int8_median_ms"] > 0 for line in lines)
+    assert cli_main(["bench", str(dynamic_artifact), "--shapes", "sequence=40", "--runs", "3", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "axis 1 (sequence) is 40; this build takes 4..32" in err, err
