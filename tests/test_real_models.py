@@ -41,6 +41,26 @@ def test_minilm_int8_keeps_mask_float_and_cosine(minilm2):
     assert len(reasons) == 2 and all("additive-mask sentinel" in why for why in reasons), reasons
 
 
+@pytest.mark.parametrize("batch, seq", [(1, 16), (3, 100), (2, 256)])
+def test_minilm_export_matches_torch_at_other_lengths(minilm2, batch, seq):
+    """The graph is traced at one length with dynamic (batch, sequence) axes; transformers' mask code
+    branches on the length while tracing, so check the export against torch at lengths it never saw,
+    with padding in the batch."""
+    import torch
+
+    from qcc.models import minilm
+
+    ids = np.random.default_rng(seq).integers(1000, 20000, (batch, seq)).astype(np.int64)
+    mask = np.ones((batch, seq), np.int64)
+    mask[-1, seq // 3:] = 0
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    got = ort_backend.make_session(minilm2.onnx_path).run(None, feeds)[0]
+    with torch.no_grad():
+        want = minilm.embedding_model(num_layers=2)(*(torch.from_numpy(feeds[n]) for n in minilm.INPUT_NAMES)).numpy()
+    assert got.shape == (batch, 384)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
 def test_minilm_fp8_cosine(minilm2):
     r = qcc.compile_model(str(minilm2.onnx_path), minilm2.calib, eval_data=minilm2.eval,
                           config=qcc.QuantConfig(scheme="fp8-e4m3"), progress=False)
