@@ -413,6 +413,32 @@ def test_activation_matmul_matches_default_build(mcpu):
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.skipif(not is_x86_llvm(TARGET), reason="x86 schedules")
+def test_activation_matmul_symbolic_sequence_exact():
+    """QK^T at a dynamic sequence length: both i and j symbolic. The matmul rule (AVX2 path) takes
+    it, not the generic one (the tail of the 16-lane j split is peeled), and every length, a multiple
+    of 16 or not, equals numpy exactly."""
+    target = {"kind": "llvm", "mcpu": "haswell"}
+    n = compat.sym_var("n")
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType((1, 3, n, 24), "uint8"))
+    b = relax.Var("b", relax.TensorType((1, 3, 24, n), "int8"))
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            out = bb.emit_output(R.matmul(a, b, out_dtype="int32"))
+        bb.emit_func_output(out)
+    ex, _, info = schedules.compile_module(bb.get(), target)
+    assert info["functions"].get("matmul") == 1 and "generic" not in info["functions"], info["functions"]
+    if _runnable(target) is None:
+        return
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    for length in (1, 7, 16, 37, 64):
+        av = RNG.integers(0, 256, (1, 3, length, 24), dtype=np.uint8)
+        bv = RNG.integers(-128, 128, (1, 3, 24, length)).astype(np.int8)
+        got = vm["main"](tvm.runtime.tensor(av), tvm.runtime.tensor(bv)).numpy()
+        np.testing.assert_array_equal(got, av.astype(np.int64) @ bv.astype(np.int64))
+
+
 @pytest.mark.parametrize("zp", [0.0, 7.0])
 def test_lrint_requantize_is_exact_on_ties(zp):
     """clip(round(v) + zp) as lrint(clip(v + zp)) (schedules/rounding.py): bit-exact, ties to even,

@@ -350,7 +350,13 @@ def schedule_rows(sch):
 def schedule_matmul(sch, rows_max=4):
     """TVM's own (batch) matmul block, e.g. attention's activation x activation products:
     out[.., i, j] = sum_k a[.., i, k] * b[.., k, j]. The reduction moves outside a 16-lane j vector
-    and a small row tile, so b is read contiguously and the int32 accumulators stay in registers."""
+    and a small row tile, so b is read contiguously and the int32 accumulators stay in registers.
+
+    A symbolic j (QK^T's key axis at a dynamic sequence length) is split by 16 with a tail; the
+    j-tile loop stays out of the parallel fusion and carries TVM's loop-partition hint, so the
+    lowering peels the tail off and the full tiles vectorize without a per-lane predicate (scalar
+    code otherwise: 114 ms -> 7 ms for 12 heads at 512 tokens on 2 AVX2 cores; a static 512 is 3 ms).
+    The accumulator tile sits under the j-tile loop, so it keeps a constant 4 x 16 size."""
     mm = sch.get_sblock(MATMUL_BLOCK)
     epi = _inline_epilogue(sch, mm)
     acc = sch.cache_write(mm, 0, ACC_SCOPE)
@@ -359,9 +365,8 @@ def schedule_matmul(sch, rows_max=4):
         raise ValueError("matmul with fewer than two spatial loops")
     i, j = sp[-2], sp[-1]
     jext = _extent(sch, j)
-    if jext is None:
-        raise ValueError("matmul rule: symbolic innermost extent")
-    if jext % 16 == 0 and jext > 16:
+    symbolic = jext is None
+    if symbolic or (jext % 16 == 0 and jext > 16):
         jo, ji = sch.split(j, [None, 16])
     else:
         jo, ji = None, j
@@ -369,16 +374,21 @@ def schedule_matmul(sch, rows_max=4):
     order = list(sp[:-2]) + [io] + ([jo] if jo is not None else []) + [k, ii, ji]
     sch.reorder(*order)
     outer_loops = order[:order.index(k)]
+    if symbolic:
+        outer_loops = outer_loops[:-1]
+        sch.annotate(jo, "pragma_loop_partition_hint", 1)
     outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
     sch.parallel(outer)
-    sch.reverse_compute_at(acc, outer)
+    tile = jo if symbolic else outer
+    sch.reverse_compute_at(acc, tile)
     sch.unroll(ii)
-    if jext % 16 == 0 or jext <= 16:
+    vector = symbolic or jext % 16 == 0 or jext <= 16
+    if vector:
         sch.vectorize(ji)
     init = sch.decompose_reduction(mm, k)
-    if jext % 16 == 0 or jext <= 16:
+    if vector:
         sch.vectorize(sch.get_loops(init)[-1])
-    _epilogue_at(sch, outer, acc, epi)
+    _epilogue_at(sch, tile, acc, epi)
 
 
 RULES = ((CONV_BLOCK, schedule_conv), (DENSE_BLOCK, schedule_dense), (DW_BLOCK, schedule_depthwise),
