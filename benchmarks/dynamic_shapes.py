@@ -70,9 +70,10 @@ def main() -> None:
                           "dynamic": backend.get("dynamic"), "threads": threads}), flush=True)
         fused = ort_backend.make_session(dyn / QDQ_MODEL)
         unfused = ort_backend.make_session(dyn / QDQ_MODEL, optimize=False)
+        art = qcc.load(dyn, threads=threads)
         for point in points:
             feeds = make_feeds(*point)
-            got = qcc.load(dyn, threads=threads).run(feeds)[0]
+            got = art.run(feeds)[0]
             # a static build of this shape: the same artifact folder, its library rebuilt at the shape
             static = Path(tmp) / f"static-{'x'.join(map(str, point))}"
             shutil.copytree(dyn, static)

@@ -407,20 +407,18 @@ def _bench_point(engines: dict, feeds: dict, args, fp32_note: str | None) -> dic
 
 def _open_dims(art) -> dict[str, list]:
     """Each input's dims, open ones by name: the build's tvm_io.json where it has one (what the library
-    takes), else the QDQ graph's inputs named by the rule the TVM build uses (qcc.shapes.symbol)."""
+    takes), else the QDQ graph's inputs named by the rule the TVM build uses (qcc.shapes.input_dims)."""
     import onnx
 
     from .artifact import QDQ_MODEL
-    from .shapes import symbol
+    from .shapes import input_dims
 
     spec_path = art.folder / "tvm_io.json"   # backends/tvm/artifact_io.IO_SPEC, read without importing TVM
     if spec_path.is_file():
         return {i["name"]: i["shape"] for i in json.loads(spec_path.read_text())["inputs"]}
     graph = onnx.load(str(art.folder / QDQ_MODEL), load_external_data=False).graph
     inits = {t.name for t in graph.initializer}
-    return {vi.name: [d.dim_value if d.dim_value > 0 else symbol(vi.name, axis, d.dim_param)
-                      for axis, d in enumerate(vi.type.tensor_type.shape.dim)]
-            for vi in graph.input if vi.name not in inits}
+    return {vi.name: input_dims(vi) for vi in graph.input if vi.name not in inits}
 
 
 def _bench_feeds(art, args) -> dict[str, np.ndarray]:

@@ -87,22 +87,30 @@ def parse_sizes(text: str) -> dict[str, int]:
     return sizes
 
 
+def input_dims(value_info) -> list:
+    """An ONNX graph input's dims: ints where static, `symbol` names where open (dim_param, -1, 0)."""
+    name = value_info.name
+    return [d.dim_value if d.dim_value > 0 else symbol(name, axis, d.dim_param)
+            for axis, d in enumerate(value_info.type.tensor_type.shape.dim)]
+
+
 def fit(feeds: dict, dims: dict[str, list], sizes: dict[str, int]) -> dict:
     """The feeds at `sizes`: each input's open dims (dims: name -> ints / symbols) cropped or, where
-    the data is shorter, repeated along that axis (`qcc bench --shapes` times real inputs at any size)."""
+    the data is shorter, repeated cyclically along that axis (`qcc bench --shapes` times real inputs
+    at any size)."""
     import numpy as np
 
-    unknown = sorted(set(sizes) - {d for ds in dims.values() for d in ds if isinstance(d, str)})
+    open_dims = {d for ds in dims.values() for d in ds if isinstance(d, str)}
+    unknown = sorted(set(sizes) - open_dims)
     if unknown:
         raise QccError(f"--shapes names {', '.join(unknown)}; this build's open dims are "
-                       f"{', '.join(sorted({d for ds in dims.values() for d in ds if isinstance(d, str)})) or 'none'}")
+                       f"{', '.join(sorted(open_dims)) or 'none'}")
     out = {}
     for name, x in feeds.items():
         x = np.asarray(x)
         for axis, d in enumerate(dims.get(name, [])):
             if isinstance(d, str) and d in sizes and axis < x.ndim:
-                reps = -(-sizes[d] // x.shape[axis])
-                x = np.take(np.concatenate([x] * reps, axis=axis) if reps > 1 else x, range(sizes[d]), axis=axis)
+                x = np.take(x, np.arange(sizes[d]) % x.shape[axis], axis=axis)
         out[name] = np.ascontiguousarray(x)
     return out
 

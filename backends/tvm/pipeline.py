@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from qcc.errors import QccError
-from qcc.shapes import symbol
+from qcc.shapes import input_dims, symbol
 
 from . import compat, cuda, fp8, onnx_converters, onnx_prep, schedules
 from .artifact_io import BATCH, IO_SPEC, LIBRARY, input_shapes_from, write_spec  # noqa: F401  (re-exported)
@@ -35,15 +35,14 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 def io_spec(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict:
     """Input names / dtypes / shapes and output names / dtypes. A dim is an int (static) or a symbol
-    (str): the model's open dims (dim_param, -1, 0) are symbols (qcc.shapes.symbol) unless `input_shapes`
+    (str): the model's open dims (dim_param, -1, 0) are symbols (qcc.shapes.input_dims) unless `input_shapes`
     pins them; in `input_shapes` an int pins a dim, a str other than "batch" makes it that symbol
     (also over a static dim of the model), None or "batch" keeps the model's."""
     input_shapes = input_shapes or {}
     inputs = []
     for vi in _graph_inputs(model):
         tt = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else symbol(vi.name, i, d.dim_param)
-                for i, d in enumerate(tt.shape.dim)]
+        dims = input_dims(vi)
         given = input_shapes.get(vi.name)
         if given is not None:
             given = list(given)
