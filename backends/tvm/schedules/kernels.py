@@ -38,6 +38,9 @@ One vpdpbusd does 16 useful multiply-accumulates (of its 64), against 16 per 3 i
 
 dense (x: [M, K] uint8, w: [K, N] int8 constant):  Wp[n // 16, k // 4, n % 16, k % 4] = w[k, n],
     y[m, n] = sum_{k < K4} xp[m, k] * Wp[n//16, k//4, n%16, k%4]   (N16 columns; sliced by the caller)
+A symbolic M (a dynamic batch or sequence length) is padded to M4 = ceil(M / ROW_TILE) * ROW_TILE
+zero rows (sliced by the caller too): the schedule's row tile then divides M4, and the tile needs
+no bounds predicate, which TVM cannot tensorize under (one row per tile instead: 1.5x slower).
 
 The block names below are what schedule.py looks for in the fused functions.
 """
@@ -56,6 +59,7 @@ DW_BLOCK = "qcc_dwconv2d_nhwc"
 DW_VNNI_BLOCK = "qcc_dwconv2d_vnni"
 DENSE_BLOCK = "qcc_dense_vnni"
 PAD_BLOCK = "qcc_pad"
+ROW_TILE = 4   # schedule_dense's row tile on VNNI
 
 
 def ceil_to(v: int, m: int) -> int:
@@ -245,26 +249,51 @@ def batch_dense_packed(x, wp):
         name=DENSE_BLOCK)
 
 
-def dense_packed(x, wp):
-    """x: [.., M, K] uint8, wp: [N16/16, K4/4, 16, 4] int8 -> y [.., M, N16] int32. The leading dims
-    stay (no reshape around the kernel, which would stop FuseOps from fusing the epilogue)."""
-    *lead, k = dims(x.shape)
+def dense_packed(x, wp, row_tile: int = 1):
+    """x: [.., M, K] uint8, wp: [N16/16, K4/4, 16, 4] int8 -> y [.., padded_rows(M, row_tile), N16]
+    int32 (the caller takes the first M rows: first_rows). The leading dims stay (no reshape around the
+    kernel, which would stop FuseOps from fusing the epilogue)."""
     nb, kb, _, _ = (int(d) for d in wp.shape)
-    x = _pad_k(x, kb * 4)
+    x = _pad_k(x, kb * 4, row_tile)
+    *lead4, _ = dims(x.shape)
     kmajor = is_kmajor(wp)
     r = te.reduce_axis((0, kb * 4), "rk")
-    return te.compute(
-        (*lead, nb * 16),
+    y = te.compute(
+        (*lead4, nb * 16),
         lambda *i: te.sum(x[(*i[:-1], r)].astype("int32")
                           * (wp[i[-1] // 16, r // 4, r % 4, i[-1] % 16] if kmajor else
                              wp[i[-1] // 16, r // 4, i[-1] % 16, r % 4]).astype("int32"), axis=r),
         name=DENSE_BLOCK)
+    return y
 
 
-def _pad_k(x, k4: int):
-    """x zero-padded along its last axis to k4."""
-    *lead, k = dims(x.shape)
-    if k4 == k:
+def first_rows(y, rows, cols: int):
+    """y[.., :rows, :cols]: both slices as one injective copy, which FuseOps fuses into the kernel's
+    epilogue (schedule.py inlines it there)."""
+    *lead, _, _ = dims(y.shape)
+    return te.compute((*lead, rows, cols), lambda *i: y[i], name="qcc_first_rows")
+
+
+def padded_rows(rows, row_tile: int):
+    """The row count a dense kernel computes: a symbolic `rows` rounded up to a multiple of row_tile."""
+    if isinstance(rows, int) or row_tile <= 1:
+        return rows
+    return compat.simplify((rows + row_tile - 1) // row_tile * row_tile)
+
+
+def _pad_k(x, k4: int, row_tile: int = 1):
+    """x zero-padded along its last axis to k4 (and its rows to padded_rows). The row test is its
+    own (scalar) condition outside the vectorized k loop, so a padded row loads nothing; the k index
+    is clamped because the k test becomes a per-lane select that loads both sides. (Clamping the
+    symbolic row too makes TVM class the kernel opaque, and FuseOps would not fuse its epilogue.)"""
+    *lead, m, k = dims(x.shape)
+    pad_rows = not isinstance(m, int) and row_tile > 1
+    if k4 == k and not pad_rows:
         return x
-    return te.compute((*lead, k4), lambda *i: te.if_then_else(
-        i[-1] < k, x[(*i[:-1], te.min(i[-1], k - 1))], te.const(0, x.dtype)), name=PAD_BLOCK)
+    zero = te.const(0, x.dtype)
+
+    def value(*i):
+        v = x[(*i[:-1], te.min(i[-1], k - 1))] if k4 != k else x[i]
+        v = te.if_then_else(i[-1] < k, v, zero) if k4 != k else v
+        return te.if_then_else(i[-2] < m, v, zero) if pad_rows else v
+    return te.compute((*lead, padded_rows(m, row_tile), k4), value, name=PAD_BLOCK)

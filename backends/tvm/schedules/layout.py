@@ -305,10 +305,13 @@ class _ChannelsLast(compat.PyExprMutator):
                 or compat.tensor_dtype(x) != "uint8" or str(call.attrs.out_dtype) != "int32"):
             return None
         k, n = wq.shape
+        row_tile = kernels.ROW_TILE if self.vnni else 1   # AVX2's tile takes a bounds predicate
         y = self.builder_.emit_te(kernels.dense_packed, x,
-                                  compat.const(kernels.pack_dense_weight(wq, kmajor=not self.vnni)),
+                                  compat.const(kernels.pack_dense_weight(wq, kmajor=not self.vnni)), row_tile,
                                   primfunc_name_hint=f"qcc_dense_{self.isa}")
-        if kernels.ceil_to(n, 16) != n:
+        if row_tile > 1 and not isinstance(xs[-2], int):
+            y = self.builder_.emit_te(kernels.first_rows, y, xs[-2], n, primfunc_name_hint="qcc_first_rows")
+        elif kernels.ceil_to(n, 16) != n:
             y = self.builder_.emit(R.strided_slice(y, axes=[len(xs) - 1], begin=[0], end=[n]))
         self._count(f"dense_{self.isa}", _numel(xs[:-1]) * k * n)
         return ("plain", y)

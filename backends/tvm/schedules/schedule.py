@@ -62,6 +62,13 @@ def _divisor(n: int | None, limit: int) -> int:
     return 1
 
 
+def _divides(sch, loop, tile: int) -> bool:
+    """`tile` provably divides the loop's extent. Where it does not (a symbolic extent), splitting by it
+    puts a bounds predicate on the kernel block, and TVM cannot tensorize a block under a predicate:
+    the VNNI rules then tile by 1 along that loop (the AVX2 rules, not tensorized, keep the predicate)."""
+    return tile == 1 or compat.prove_equal(sch.get(loop).extent % tile, 0)
+
+
 def _inline_epilogue(sch, kernel):
     """Inline every elementwise block of the function except the kernel, its pad and the block
     writing the output, so the whole epilogue (requantize, residual add, clamp, cast, slice) is one
@@ -143,6 +150,8 @@ def schedule_conv(sch, wt_max=None, cbt_max=None):
         # AVX2: 7 pixels x one 16-lane block (14 of the 16 ymm registers)
         wt_max, cbt_max = (7, 1) if kmajor else (14, 1) if _extent(sch, rc) <= 64 else (7, 2)
     wt = _divisor(_extent(sch, w), wt_max)
+    if not kmajor and not _divides(sch, w, wt):
+        wt, cbt_max = 1, 4      # a symbolic width: one pixel x 4 channel blocks (see _divides)
     cb = _extent(sch, o) // 16
     cbt = _divisor(cb, cbt_max)
     wo, wi = sch.split(w, [None, wt])
@@ -196,6 +205,8 @@ def schedule_depthwise_vnni(sch, wt_max=7):
     acc = sch.cache_write(dw, 0, ACC_SCOPE)
     n, h, w, c, rh, rw, rb = sch.get_loops(dw)
     wt = _divisor(_extent(sch, w), wt_max)
+    if not _divides(sch, w, wt):
+        wt = 1
     wo, wi = sch.split(w, [None, wt])
     g, r, j = sch.split(c, [None, 4, 16])
     sch.reorder(n, h, wo, g, r, rh, rw, wi, j, rb)
@@ -224,6 +235,8 @@ def schedule_dense(sch, mt_max=None, nbt_max=None):
     acc = sch.cache_write(d, 0, ACC_SCOPE)
     *batch, m, n, rk = sch.get_loops(d)     # batch: kernels.batch_dense_packed
     mt = _divisor(_extent(sch, m), mt_max)
+    if not kmajor and not _divides(sch, m, mt):
+        mt = 1      # a symbolic row count not padded to the tile (kernels.padded_rows)
     n_ext = _extent(sch, n)    # symbolic: attention's run-time packed sequence axis
     nbt = _divisor(n_ext // 16, nbt_max) if n_ext is not None else 1
     mo, mi = sch.split(m, [None, mt])
