@@ -38,9 +38,11 @@ def session(model, optimize: bool = True) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
-    from qcc.backends.onnxruntime import fused_qdq_is_exact
+    from qcc.backends.onnxruntime import _quantized_softmax, fused_qdq_is_exact
 
-    if not fused_qdq_is_exact():   # the QDQ graph's meaning: fused u8s8 kernels saturate without VNNI
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    # the QDQ graph's meaning: fused u8s8 kernels saturate without VNNI; QLinearSoftmax rounds differently
+    if not fused_qdq_is_exact() or _quantized_softmax(proto):
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
