@@ -38,15 +38,14 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None
                  optimize: bool = True, fuse_qdq: bool | None = None,
                  few_runs: bool = False) -> ort.InferenceSession:
     """A CPU session that keeps the QDQ graph's meaning: onnxruntime's QDQ fusions (QLinearConv,
-    MatMulIntegerToFloat, ...) only where they are exact on this CPU (fused_qdq_is_exact) and for this
-    graph (not with a quantized Softmax: _quantized_softmax).
+    MatMulIntegerToFloat, ...) only where they are exact on this CPU and for this graph (fuses_exactly).
     `fuse_qdq=True`: the fused graph whatever the CPU (what an onnxruntime user gets: latency).
     `few_runs=True`: a statistics session (a few batches, many outputs): no memory pattern, whose
     planning on the first run costs more than it saves (MobileNetV2, all outputs: -10%)."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     opts = ort.SessionOptions()
-    if not (fused_qdq_is_exact() and not _quantized_softmax(model) if fuse_qdq is None else fuse_qdq):
+    if not (fuses_exactly(model) if fuse_qdq is None else fuse_qdq):
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
@@ -60,6 +59,12 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None
     disabled = ["ClipQuantRewrite", "ReluQuantRewrite"] if _has_float8(model) else None
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=disabled)
+
+
+def fuses_exactly(model: onnx.ModelProto) -> bool:
+    """Whether onnxruntime's fused QDQ graph computes what `model` says, here: on a CPU where the fused
+    kernels are exact, and without a quantized Softmax."""
+    return fused_qdq_is_exact() and not _quantized_softmax(model)
 
 
 def _quantized_softmax(model: onnx.ModelProto) -> bool:

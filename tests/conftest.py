@@ -38,11 +38,10 @@ def session(model, optimize: bool = True) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
-    from qcc.backends.onnxruntime import _quantized_softmax, fused_qdq_is_exact
+    from qcc.backends.onnxruntime import fuses_exactly
 
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-    # the QDQ graph's meaning: fused u8s8 kernels saturate without VNNI; QLinearSoftmax rounds differently
-    if not fused_qdq_is_exact() or _quantized_softmax(proto):
+    if not fuses_exactly(proto):   # the QDQ graph's meaning (u8s8 saturation without VNNI, QLinearSoftmax)
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -112,7 +112,7 @@ def output_steps(model: onnx.ModelProto) -> list[float | None]:
 
 def end_to_end(qdq_model: onnx.ModelProto, tvm_outputs: list[np.ndarray], feeds: dict[str, np.ndarray]) -> dict:
     """Fraction of output elements within one step of onnxruntime (fused where that is exact on this
-    CPU: ort_backend.fused_qdq_is_exact), and the same figure for onnxruntime fused vs unfused (the
+    CPU and graph: ort_backend.fuses_exactly), and the same figure for onnxruntime fused vs unfused (the
     floor set by rounding ties)."""
     from qcc.backends import onnxruntime as ort_backend
 

@@ -258,13 +258,12 @@ def dense_packed(x, wp, row_tile: int = 1):
     *lead4, _ = dims(x.shape)
     kmajor = is_kmajor(wp)
     r = te.reduce_axis((0, kb * 4), "rk")
-    y = te.compute(
+    return te.compute(
         (*lead4, nb * 16),
         lambda *i: te.sum(x[(*i[:-1], r)].astype("int32")
                           * (wp[i[-1] // 16, r // 4, r % 4, i[-1] % 16] if kmajor else
                              wp[i[-1] // 16, r // 4, i[-1] % 16, r % 4]).astype("int32"), axis=r),
         name=DENSE_BLOCK)
-    return y
 
 
 def first_rows(y, rows, cols: int):
@@ -274,9 +273,14 @@ def first_rows(y, rows, cols: int):
     return te.compute((*lead, rows, cols), lambda *i: y[i], name="qcc_first_rows")
 
 
+def pads_rows(rows, row_tile: int) -> bool:
+    """Whether a dense kernel pads its rows: a symbolic row count and a row tile."""
+    return not isinstance(rows, int) and row_tile > 1
+
+
 def padded_rows(rows, row_tile: int):
     """The row count a dense kernel computes: a symbolic `rows` rounded up to a multiple of row_tile."""
-    if isinstance(rows, int) or row_tile <= 1:
+    if not pads_rows(rows, row_tile):
         return rows
     return compat.simplify((rows + row_tile - 1) // row_tile * row_tile)
 
@@ -287,13 +291,12 @@ def _pad_k(x, k4: int, row_tile: int = 1):
     is clamped because the k test becomes a per-lane select that loads both sides. (Clamping the
     symbolic row too makes TVM class the kernel opaque, and FuseOps would not fuse its epilogue.)"""
     *lead, m, k = dims(x.shape)
-    pad_rows = not isinstance(m, int) and row_tile > 1
+    pad_rows = pads_rows(m, row_tile)
     if k4 == k and not pad_rows:
         return x
     zero = te.const(0, x.dtype)
 
     def value(*i):
-        v = x[(*i[:-1], te.min(i[-1], k - 1))] if k4 != k else x[i]
-        v = te.if_then_else(i[-1] < k, v, zero) if k4 != k else v
+        v = x[i] if k4 == k else te.if_then_else(i[-1] < k, x[(*i[:-1], te.min(i[-1], k - 1))], zero)
         return te.if_then_else(i[-2] < m, v, zero) if pad_rows else v
     return te.compute((*lead, padded_rows(m, row_tile), k4), value, name=PAD_BLOCK)

@@ -309,7 +309,7 @@ class _ChannelsLast(compat.PyExprMutator):
         y = self.builder_.emit_te(kernels.dense_packed, x,
                                   compat.const(kernels.pack_dense_weight(wq, kmajor=not self.vnni)), row_tile,
                                   primfunc_name_hint=f"qcc_dense_{self.isa}")
-        if row_tile > 1 and not isinstance(xs[-2], int):
+        if kernels.pads_rows(xs[-2], row_tile):
             y = self.builder_.emit_te(kernels.first_rows, y, xs[-2], n, primfunc_name_hint="qcc_first_rows")
         elif kernels.ceil_to(n, 16) != n:
             y = self.builder_.emit(R.strided_slice(y, axes=[len(xs) - 1], begin=[0], end=[n]))
